@@ -180,10 +180,26 @@ def build_config(path: str | Path | None = None, overrides: list[str] | None = N
 
 
 def validate_config(data: dict[str, Any]) -> RunConfig:
+    """Validate plain data; ``method: lora`` is short for ``method: {name: lora}``, and a method
+    mapping without a name is the default method (LoRA)."""
+    data = _normalise_methods(data)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(_explain(e, data)) from None
+
+
+def _normalise_methods(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    method = data.get("method")
+    if isinstance(method, str):
+        data["method"] = {"name": method}
+    elif isinstance(method, dict) and "name" not in method:
+        data["method"] = {"name": "lora", **method}
+    extra = data.get("extra_methods")
+    if isinstance(extra, list):
+        data["extra_methods"] = [{"name": m} if isinstance(m, str) else m for m in extra]
+    return data
 
 
 def _explain(err: ValidationError, data: dict[str, Any]) -> str:

