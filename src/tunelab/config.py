@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import UserError, did_you_mean
 from tunelab.methods import METHODS, AnyMethodConfig
@@ -99,6 +99,12 @@ class TrainConfig(_Section):
     cache_frozen_trunk: bool = Field(
         False, description="freeze only: compute the frozen lower layers once and reuse them each epoch."
     )
+
+    @field_validator("eval_strategy", "mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML reads a bare ``no`` as False; here it means the option value 'no'."""
+        return "no" if value is False else value
 
 
 class RunConfig(_Section):
@@ -216,9 +222,10 @@ def _explain(err: ValidationError, data: dict[str, Any]) -> str:
         return (f"unknown config key '{field}'{did_you_mean(loc[-1], allowed)}; "
                 f"accepted under '{'.'.join(loc[:-1]) or 'top level'}': {', '.join(sorted(allowed))}")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return (f"config key '{field or 'method'}.name': unknown method "
-                f"{first.get('input', {}).get('name') if isinstance(first.get('input'), dict) else first.get('input')!r}"
-                f"; accepted: {', '.join(sorted(METHODS))}")
+        given = first.get("input")
+        given = given.get("name") if isinstance(given, dict) else given
+        return (f"config key '{field or 'method'}.name': unknown method {given!r}"
+                f"{did_you_mean(str(given), METHODS)}; accepted: {', '.join(sorted(METHODS))}")
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"config key '{field}': {first['msg']}{shown}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import math
 import torch
 from torch.utils.data import Sampler
 
@@ -116,3 +117,39 @@ class LengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         """Number of indices yielded per epoch."""
         return len(self.lengths)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Batches of one process's shard of an epoch, able to skip the first ``skip`` batches.
+
+    The global batch list is a pure function of (seed, epoch); process ``rank`` of ``world`` takes
+    batches ``rank, rank + world, ...``. When the count does not divide evenly, the first batches
+    are repeated so every process takes the same number of steps (as DDP needs). Skipping happens
+    here, before any row is read, which is what exact resume needs.
+    """
+
+    def __init__(self, sampler: EpochShuffleSampler | LengthGroupedSampler, batch_size: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _global_batches(self) -> list[list[int]]:
+        self.sampler.set_epoch(self.epoch)
+        order = list(self.sampler)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        pad = (-len(batches)) % self.world
+        return batches + batches[:pad]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine = self._global_batches()[self.rank::self.world]
+        yield from mine[self.skip:]
+
+    def batches_per_epoch(self) -> int:
+        n = math.ceil(len(self.sampler) / self.batch_size)
+        return math.ceil(n / self.world)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.skip)

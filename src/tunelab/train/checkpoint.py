@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG states; return the saved loop state."""
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+                    ) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Restore weights and optimizer; return the saved loop state and a function that restores
+    the RNG states. The caller runs it *after* creating the resumed data iterator, because making
+    an iterator may draw from the global RNG and would otherwise shift every later dropout mask."""
     load_trainable(model, load_file(str(path / WEIGHTS)))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())
-    set_rng_state(state.pop("rng"), load_file(str(path / "rng.safetensors"))["torch"])
-    return state
+    rng, torch_rng = state.pop("rng"), load_file(str(path / "rng.safetensors"))["torch"]
+    return state, lambda: set_rng_state(rng, torch_rng)
 
 
 def save_weights_atomic(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tunelab.config import TrainConfig
-from tunelab.data.batching import EpochShuffleSampler, LengthGroupedSampler
+from tunelab.data.batching import EpochShuffleSampler, LengthGroupedSampler, ShardedBatchSampler
 from tunelab.errors import TrainingDiverged
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.optim import build_optimizer, build_scheduler
@@ -62,20 +62,19 @@ class LoopState:
 
 
 def make_loader(rows: Sequence[dict], batch_size: int, collate, *, train: bool, seed: int,
-                group_by_length: bool) -> tuple[DataLoader, Any]:
-    """A DataLoader whose order is a pure function of (seed, epoch); returns it and its sampler."""
-    sampler: Any = None
-    if train:
-        if group_by_length:
-            sampler = LengthGroupedSampler([len(r["input_ids"]) for r in rows], batch_size, seed)
-        else:
-            sampler = EpochShuffleSampler(len(rows), seed)
-    # Own generator: creating an iterator must not draw from the global RNG (dropout's), or
-    # a resumed run would see different dropout masks than an uninterrupted one.
+                group_by_length: bool, rank: int = 0, world: int = 1
+                ) -> tuple[DataLoader, ShardedBatchSampler | None]:
+    """A DataLoader; for training, its batches are this process's shard of an order that is a
+    pure function of (seed, epoch), and the returned batch sampler can skip batches on resume."""
+    # Own generator: making an iterator must not draw from the global RNG (dropout's).
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(list(rows), batch_size=batch_size, sampler=sampler, shuffle=False,
-                        collate_fn=collate, generator=gen)
-    return loader, sampler
+    if not train:
+        return DataLoader(list(rows), batch_size=batch_size, shuffle=False, collate_fn=collate,
+                          generator=gen), None
+    sampler: Any = (LengthGroupedSampler([len(r["input_ids"]) for r in rows], batch_size, seed)
+                    if group_by_length else EpochShuffleSampler(len(rows), seed))
+    batches = ShardedBatchSampler(sampler, batch_size, rank, world)
+    return DataLoader(list(rows), batch_sampler=batches, collate_fn=collate, generator=gen), batches
 
 
 @torch.inference_mode()
@@ -113,17 +112,19 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self, train_rows: Sequence[dict], eval_rows: Sequence[dict] | None):
         cfg, acc = self.cfg, self.acc
-        loader, self.sampler = make_loader(train_rows, cfg.batch_size, self.collate, train=True,
-                                           seed=self.seed, group_by_length=self.group_by_length)
-        steps_per_epoch = math.ceil(math.ceil(len(train_rows) / (cfg.batch_size * acc.num_processes))
-                                    / cfg.grad_accum)
+        # The train loader is not handed to accelerate: our batch sampler shards by process and
+        # skips on resume, so data order never depends on a wrapper's iteration counter.
+        self.train_loader, self.batches = make_loader(
+            train_rows, cfg.batch_size, self.collate, train=True, seed=self.seed,
+            group_by_length=self.group_by_length, rank=acc.process_index, world=acc.num_processes)
+        steps_per_epoch = math.ceil(self.batches.batches_per_epoch() / cfg.grad_accum)
         total = cfg.max_steps or steps_per_epoch * cfg.epochs
         self.total_steps = total
         self.n_epochs = math.ceil(total / steps_per_epoch)
         optimizer = build_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.head_lr, cfg.layer_lr_decay)
         warmup = int(round(cfg.warmup_ratio * total))
         scheduler = build_scheduler(optimizer, cfg.scheduler, warmup, total)
-        self.model, self.optimizer, self.train_loader = acc.prepare(self.model, optimizer, loader)
+        self.model, self.optimizer = acc.prepare(self.model, optimizer)
         self.scheduler = scheduler  # stepped by us once per optimizer step (not prepared: no scaling)
         self.eval_loader = None
         if eval_rows:
@@ -133,10 +134,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> LoopState:
+        self._restore_rng: Callable[[], None] | None = None
         path = ckpt.latest_checkpoint(self.ckpt_dir)
         if path is None:
             return LoopState()
-        saved = ckpt.load_checkpoint(path, self.acc.unwrap_model(self.model), self.optimizer)
+        saved, self._restore_rng = ckpt.load_checkpoint(path, self.acc.unwrap_model(self.model),
+                                                        self.optimizer)
         self.scheduler.load_state_dict(saved.pop("scheduler"))
         self.acc.print(f"resuming from {path} (step {saved['global_step']})")
         return LoopState(**saved)
@@ -194,10 +197,8 @@ class Trainer:
         self.model.train()
         stop = st.global_step >= self.total_steps
         while not stop and st.epoch < self.n_epochs:
-            self.sampler.set_epoch(st.epoch)
-            loader = self.acc.skip_first_batches(self.train_loader, st.batches_in_epoch) \
-                if st.batches_in_epoch else self.train_loader
-            stop = self._run_epoch(st, loader, bar)
+            self.batches.set_epoch(st.epoch, skip=st.batches_in_epoch)
+            stop = self._run_epoch(st, self.train_loader, bar)
             if stop:
                 break
             st.epoch, st.batches_in_epoch = st.epoch + 1, 0
@@ -220,8 +221,14 @@ class Trainer:
 
     def _run_epoch(self, st: LoopState, loader, bar) -> bool:
         cfg, acc, model = self.cfg, self.acc, self.model
+        batches = iter(loader)
+        if self._restore_rng is not None:  # resumed: RNG as it was at the checkpoint, from here on
+            self._restore_rng()
+            self._restore_rng = None
         t0, micro = time.perf_counter(), 0
-        for batch in loader:
+        device = acc.device
+        for batch in batches:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             out = model(**batch)
             loss = out.loss / cfg.grad_accum
             if not torch.isfinite(loss.detach()).all():
