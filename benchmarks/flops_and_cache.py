@@ -131,7 +131,10 @@ def token_stats(a: argparse.Namespace) -> dict[str, Any]:
     from tunelab.models.loading import load_tokenizer, resolve_model
     from tunelab.pipeline import build_model, prepare_data
     from tunelab.tasks import get_task
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     pairs = [*base_pairs(a), ("method.name", "full")]
     cfg = build_config(None, bc.overrides(pairs))
     task = get_task("classification")
@@ -301,8 +304,8 @@ def cache_runs(a: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[s
     notes = []
     if same:
         notes.append("cache_frozen_trunk=true and false produced identical training losses and test "
-                     "accuracy: the option changed nothing in training (a cache would skip the frozen "
-                     "layers' dropout and change the numbers), so the option looks unimplemented")
+                     "accuracy: the option changed nothing in training (caching the frozen layers' outputs "
+                     "would fix their dropout masks and so change the losses), so it looks unimplemented")
     if not out["source_check"]["read_outside_config"]:
         notes.append("no tunelab module besides config.py mentions cache_frozen_trunk: the option is "
                      "accepted and stored but nothing reads it")

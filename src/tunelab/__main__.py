@@ -1,3 +1,3 @@
-from tunelab.cli import main
+from tunelab.cli import entry
 
-raise SystemExit(main())
+entry()

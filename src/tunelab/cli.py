@@ -180,5 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """Console-script entry: re-exec on tcmalloc for training (see tunelab.allocator), then run."""
+    from tunelab.allocator import reexec_with_allocator
+
+    if sys.argv[1:2] == ["train"]:
+        reexec_with_allocator(sys.argv[1:])
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

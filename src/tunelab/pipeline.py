@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from tunelab.allocator import active_allocator
 from tunelab.config import RunConfig, to_yaml_dict, validate_config
 from tunelab.data.builtin import BUILTIN_DATASETS
 from tunelab.data.columns import drop_missing, require_columns
@@ -151,6 +152,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
             "stopped_early": fit.stopped_early, "train_seconds": round(fit.train_seconds, 3),
             "samples_per_second": round(fit.samples_per_second, 3), "train_samples": fit.train_samples,
             "wall_seconds": round(time.time() - started, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
+            "allocator": active_allocator(), "num_processes": accelerator.num_processes,
         }
         save_artifacts(run, accelerator.unwrap_model(trainer.model), tokenizer, prep.labels, fp, cfg)
         run.write_json(run.results, results)
