@@ -26,6 +26,7 @@ from tunelab.data.batching import EpochShuffleSampler, LengthGroupedSampler, Sha
 from tunelab.errors import TrainingDiverged
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.optim import build_optimizer, build_scheduler
+from tunelab.train.trunk_cache import FrozenTrunkCache
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
 LogFn = Callable[[dict[str, Any]], None]
@@ -112,6 +113,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self, train_rows: Sequence[dict], eval_rows: Sequence[dict] | None):
         cfg, acc = self.cfg, self.acc
+        self.trunk = self._build_trunk_cache(train_rows) if cfg.cache_frozen_trunk else None
+        if self.trunk is not None:
+            train_rows = [dict(r, row_index=i) for i, r in enumerate(train_rows)]
         # The train loader is not handed to accelerate: our batch sampler shards by process and
         # skips on resume, so data order never depends on a wrapper's iteration counter.
         self.train_loader, self.batches = make_loader(
@@ -131,6 +135,15 @@ class Trainer:
             eval_loader, _ = make_loader(eval_rows, cfg.eval_batch_size, self.collate, train=False,
                                          seed=self.seed, group_by_length=False)
             self.eval_loader = acc.prepare(eval_loader)
+
+    def _build_trunk_cache(self, rows: Sequence[dict]) -> FrozenTrunkCache:
+        t0 = time.perf_counter()
+        trunk = FrozenTrunkCache(self.model)
+        trunk.build(rows, self.collate, self.cfg.eval_batch_size)
+        self.cache_seconds = time.perf_counter() - t0  # counted as training time (honest cost)
+        self.acc.print(f"cached the frozen trunk (layers 0-{trunk.k - 1}) for {len(rows)} rows "
+                       f"in {self.cache_seconds:.1f} s")
+        return trunk
 
     # ------------------------------------------------------------------ resume
     def _resume(self) -> LoopState:
@@ -189,10 +202,13 @@ class Trainer:
     def fit(self, train_rows: Sequence[dict], eval_rows: Sequence[dict] | None) -> FitResult:
         self._setup(train_rows, eval_rows)
         st = self._resume()
+        st.train_seconds += getattr(self, "cache_seconds", 0.0)
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step: int | None = None
         self.early_stopped = False
-        bar = tqdm(total=self.total_steps, initial=st.global_step, disable=not self.acc.is_local_main_process,
+        # disable=None: a live bar on a terminal, none in logs (eval lines still print).
+        bar = tqdm(total=self.total_steps, initial=st.global_step,
+                   disable=None if self.acc.is_local_main_process else True,
                    desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
         self.model.train()
         stop = st.global_step >= self.total_steps
@@ -229,7 +245,12 @@ class Trainer:
         device = acc.device
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            out = model(**batch)
+            rows = batch.pop("row_index", None)
+            if self.trunk is not None:
+                with self.trunk.active(rows, batch["attention_mask"]):
+                    out = model(**batch)
+            else:
+                out = model(**batch)
             loss = out.loss / cfg.grad_accum
             if not torch.isfinite(loss.detach()).all():
                 raise TrainingDiverged(self._diverged_message(st, loss))
