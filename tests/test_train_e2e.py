@@ -14,7 +14,7 @@ from tunelab.cli import main
 @pytest.fixture(scope="module")
 def lora_run(tiny_bert_dir, reviews_jsonl, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    proc = run_cli("train", *tiny_overrides(tiny_bert_dir, reviews_jsonl, out, **{"method.r": 4}))
+    proc = run_cli("train", *tiny_overrides(tiny_bert_dir, reviews_jsonl, out, **{"method.r": 4, "method.target_modules": "[query,value]"}))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out / "run", proc
 
@@ -31,6 +31,7 @@ def test_run_directory_contract(lora_run):
     # LoRA r=4 on query+value of 2 layers (hidden 32) + classifier (32*2 + 2)
     assert results["params"]["trainable"] == 2 * 2 * (4 * 32 * 2) + 66
     assert results["samples_per_second"] > 0 and results["peak_memory_mb"] > 0
+    assert results["epochs"] == 2 and results["global_step"] == 24
     weights = load_file(str(run / "model/weights.safetensors"))
     assert all("lora_" in k or k.startswith("classifier.") for k in weights)  # adapter-only
     assert sum(t.numel() for t in weights.values()) == results["params"]["trainable"]

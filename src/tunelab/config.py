@@ -65,7 +65,7 @@ class TaskConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(4, ge=1, description="Passes over the training data.")
+    epochs: int = Field(5, ge=1, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Training batch size per process.")
     eval_batch_size: int = Field(128, ge=1, description="Evaluation batch size per process.")

@@ -95,7 +95,7 @@ def test_initial_adapter_is_a_no_op(make_bert, batch) -> None:
 
 
 def test_forward_is_eq3(tiny_bert) -> None:
-    apply_methods(tiny_bert, [LoRAConfig(r=4, alpha=6)])
+    apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"], r=4, alpha=6)])
     randomize_lora(tiny_bert)
     module = tiny_bert.bert.encoder.layer[0].attention.self.value
     x = torch.randn(2, 5, TINY_BERT["hidden_size"])
@@ -138,7 +138,7 @@ def test_merge_unmerge_roundtrip(tiny_bert, batch) -> None:
 
 
 def test_inference_mode_and_merge_inside_it(tiny_bert, batch) -> None:
-    apply_methods(tiny_bert, [LoRAConfig()])
+    apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"])])
     randomize_lora(tiny_bert)
     tiny_bert.eval()
     expected = logits(tiny_bert, batch)
@@ -169,7 +169,7 @@ def test_unwrap_restores_plain_state_dict_keys(make_bert, batch) -> None:
 
 
 def test_only_lora_and_head_get_gradients(tiny_bert, batch) -> None:
-    apply_methods(tiny_bert, [LoRAConfig(dropout=0.1)])
+    apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"], dropout=0.1)])
     tiny_bert.train()
     tiny_bert(**batch).loss.backward()
     head = set(head_parameter_names(tiny_bert))
@@ -214,7 +214,7 @@ def test_head_is_never_targeted(tiny_bert) -> None:
 
 def test_layers_out_of_range(tiny_bert) -> None:
     with pytest.raises(UserError, match=r"\[5\].*2 transformer layers"):
-        apply_methods(tiny_bert, [LoRAConfig(layers=[0, 5])])
+        apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"], layers=[0, 5])])
 
 
 def test_wrapper_exposes_base_attributes() -> None:

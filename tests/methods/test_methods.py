@@ -95,12 +95,12 @@ def test_lora_query_value_count_on_base_sized_model() -> None:
     model = BertForSequenceClassification(
         BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=100)
     )
-    apply_methods(model, [LoRAConfig(r=8, train_head=False)])
+    apply_methods(model, [LoRAConfig(target_modules=["query", "value"], r=8, train_head=False)])
     assert count_parameters(model)["trainable"] == 12 * 2 * 8 * (768 + 768) == 294_912
 
 
 def test_lora_counts_on_tiny_model(tiny_bert) -> None:
-    apply_methods(tiny_bert, [LoRAConfig(r=8)])
+    apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"], r=8)])
     assert count_parameters(tiny_bert)["trainable"] == L * 2 * 8 * (H + H) + HEAD
 
 
@@ -113,7 +113,7 @@ def test_lora_all_linear_count(tiny_bert) -> None:
 
 
 def test_lora_plus_bitfit_trains_both(tiny_bert) -> None:
-    apply_methods(tiny_bert, [LoRAConfig(r=8), BitFitConfig()])
+    apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"], r=8), BitFitConfig()])
     names = trainable_names(tiny_bert)
     assert any("lora_A" in n for n in names) and any(n.endswith("query.base_layer.bias") for n in names)
     assert all("lora_" in n or n.endswith(".bias") or n.startswith("classifier.") for n in names)
@@ -121,19 +121,19 @@ def test_lora_plus_bitfit_trains_both(tiny_bert) -> None:
 
 
 def test_lora_layers_selects_blocks(tiny_bert) -> None:
-    apply_methods(tiny_bert, [LoRAConfig(layers=[1])])
+    apply_methods(tiny_bert, [LoRAConfig(target_modules=["query", "value"], layers=[1])])
     wrapped = sorted(lora_modules(tiny_bert))
     assert wrapped == ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.value"]
 
 
 def test_lora_with_freeze_keeps_the_frozen_layers_training(tiny_bert) -> None:
-    apply_methods(tiny_bert, [FreezeConfig(top_layers=1, train_head=False), LoRAConfig(r=2, layers=[0], train_head=False)])
+    apply_methods(tiny_bert, [FreezeConfig(top_layers=1, train_head=False), LoRAConfig(target_modules=["query", "value"], r=2, layers=[0], train_head=False)])
     assert count_parameters(tiny_bert)["trainable"] == LAYER + 2 * 2 * (H + H)
     assert tiny_bert.bert.encoder.layer[1].attention.self.query.weight.requires_grad
     assert not tiny_bert.bert.encoder.layer[0].attention.self.query.weight.requires_grad
 
 
-@pytest.mark.parametrize("other", [LoRAConfig(), BitFitConfig(), FreezeConfig(top_layers=1)])
+@pytest.mark.parametrize("other", [LoRAConfig(target_modules=["query", "value"]), BitFitConfig(), FreezeConfig(top_layers=1)])
 def test_full_cannot_be_combined(tiny_bert, other) -> None:
     with pytest.raises(UserError, match="full"):
         apply_methods(tiny_bert, [FullConfig(), other])

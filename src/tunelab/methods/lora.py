@@ -43,9 +43,10 @@ class LoRAConfig(MethodConfig):
     alpha: float = Field(16.0, gt=0, description="Scaling numerator; the update is multiplied by alpha / r.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input (0 disables it).")
     target_modules: list[str] | str = Field(
-        default_factory=lambda: ["query", "value"],
+        "all-linear",
         description="Linear modules to adapt: last-name components ('query'), 're:<regex>' on the "
-        "full name, or 'all-linear' for every linear layer except the task head.",
+        "full name, or 'all-linear' (default; every linear layer except the task head, which "
+        "Dettmers et al., 2023, QLoRA, found needed to match full fine-tuning).",
     )
     layers: list[int] | None = Field(
         None, description="Only adapt modules inside these transformer-block indices (0-based)."

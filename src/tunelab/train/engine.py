@@ -222,7 +222,8 @@ class Trainer:
         if self._evaluating() and self.last_eval_step != st.global_step and not self.early_stopped:
             self._eval_and_save(st)  # the last step always gets a validation score
         bar.close()
-        return FitResult(st.global_step, st.epoch, st.train_seconds, st.train_samples,
+        epochs_done = st.epoch + (1 if st.batches_in_epoch >= self.batches.batches_per_epoch() else 0)
+        return FitResult(st.global_step, epochs_done, st.train_seconds, st.train_samples,
                          st.best_metric, st.best_step, self.early_stopped, self.last_eval)
 
     def _evaluating(self) -> bool:
