@@ -76,3 +76,8 @@ def test_methods_verb_lists_every_method(capsys):
     for name in ("full", "freeze", "bitfit", "lora", "top_layers", "target_modules"):
         assert name in out
     assert RunConfig.model_fields["method"].description
+
+
+def test_unknown_key_inside_extra_methods():
+    with pytest.raises(UserError, match=r"extra_methods\.0\.top_layer.*did you mean 'top_layers'"):
+        validate_config({"method": "lora", "extra_methods": [{"name": "freeze", "top_layer": 1}]})

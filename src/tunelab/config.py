@@ -212,9 +212,9 @@ def _explain(err: ValidationError, data: dict[str, Any]) -> str:
     """Turn pydantic's first error into one line: field, bad value, what is accepted."""
     first = err.errors()[0]
     loc = [str(x) for x in first["loc"]]
-    # Discriminated unions put the tag in the path: method.lora.r -> method.r
-    loc = [x for i, x in enumerate(loc) if not (i > 0 and loc[i - 1] in ("method",) and x in METHODS)]
-    loc = [x for i, x in enumerate(loc) if not (x in METHODS and i > 0 and loc[i - 1].isdigit())]
+    # Discriminated unions put the tag in the path: method.lora.r -> method.r (and extra_methods.0.x)
+    loc = [x for i, x in enumerate(loc)
+           if not (x in METHODS and i > 0 and (loc[i - 1] == "method" or loc[i - 1].isdigit()))]
     field = ".".join(loc)
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -236,8 +236,11 @@ def _allowed_keys(loc: list[str], data: dict[str, Any]) -> list[str]:
     model: type[BaseModel] = RunConfig
     node: Any = data
     for part in loc:
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-        if part in ("method",) or part.isdigit():
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if part == "method" or part.isdigit():
             name = node.get("name", "lora") if isinstance(node, dict) else "lora"
             model = METHODS[name].config_cls if name in METHODS else LoRAConfig
             continue
@@ -264,7 +267,7 @@ def describe_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> lis
             rows.extend(describe_fields(ann, key + "."))
         elif name == "method":
             rows.append((key + ".name", "lora", "Method: " + ", ".join(sorted(METHODS))))
-            rows.extend(describe_fields(LoRAConfig, key + ".") [1:])
+            rows.extend(r for r in describe_fields(LoRAConfig, key + ".") if r[0] != key + ".name")
         else:
             default = field.get_default(call_default_factory=True)
             rows.append((key, repr(default) if not isinstance(default, list) else str(default),

@@ -137,28 +137,35 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
                       group_by_length=cfg.data.group_by_length)
     started = time.time()
     fit = trainer.fit(rows["train"], rows.get("validation"))
-    restored = trainer.restore_best()
+    trainer.restore_best()
     test = evaluate_rows(trainer.model, rows.get("test"), tokenizer, task, accelerator, cfg)
     if accelerator.is_main_process:
         if test:
             log({"event": "eval", "split": "test", "step": fit.global_step,
                  **{k: v for k, v in test.items() if not isinstance(v, list)}})
-        results = {
-            "task": task.name, "method": [m.name for m in cfg.methods()],
-            "base_model": cfg.model.name_or_path, "base_fingerprint": fp,
-            "test": test, "validation": fit.last_eval if not restored else None,
-            "best_validation": {"metric": trainer.metric_name, "value": fit.best_metric, "step": fit.best_step},
-            "params": params, "global_step": fit.global_step, "epochs": fit.epochs_completed,
-            "stopped_early": fit.stopped_early, "train_seconds": round(fit.train_seconds, 3),
-            "samples_per_second": round(fit.samples_per_second, 3), "train_samples": fit.train_samples,
-            "wall_seconds": round(time.time() - started, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
-            "allocator": active_allocator(), "num_processes": accelerator.num_processes,
-        }
+        results = results_record(cfg, task, fit, trainer.metric_name, test, params, fp, accelerator,
+                                 wall_seconds=time.time() - started)
         save_artifacts(run, accelerator.unwrap_model(trainer.model), tokenizer, prep.labels, fp, cfg)
         run.write_json(run.results, results)
         write_model_card(run, to_yaml_dict(cfg), results)
     accelerator.wait_for_everyone()
     return run.path
+
+
+def results_record(cfg: RunConfig, task, fit, metric: str, test: dict, params: dict, fp: str,
+                   accelerator, wall_seconds: float) -> dict[str, Any]:
+    """What ``results.json`` holds: final metrics, cost and size of the run."""
+    return {
+        "task": task.name, "method": [m.name for m in cfg.methods()],
+        "base_model": cfg.model.name_or_path, "base_fingerprint": fp,
+        "test": test, "last_validation": fit.last_eval,
+        "best_validation": {"metric": metric, "value": fit.best_metric, "step": fit.best_step},
+        "params": params, "global_step": fit.global_step, "epochs": fit.epochs_completed,
+        "stopped_early": fit.stopped_early, "train_seconds": round(fit.train_seconds, 3),
+        "samples_per_second": round(fit.samples_per_second, 3), "train_samples": fit.train_samples,
+        "wall_seconds": round(wall_seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
+        "allocator": active_allocator(), "num_processes": accelerator.num_processes,
+    }
 
 
 def open_run(path: Path, cfg: RunConfig, accelerator, *, overwrite: bool, resume: bool) -> RunDir:

@@ -141,3 +141,12 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
                                                         eval_strategy="no"))
     result = trainer.fit(rows, None)
     assert result.global_step == 8 and result.train_samples == 128
+
+
+def test_gradient_accumulation_steps_on_the_epoch_remainder(tmp_path):
+    # 64 rows / 8 = 8 batches per epoch; accumulating 3 gives steps after batches 3, 6 and 8.
+    trainer, rows = _tiny_trainer(tmp_path, TrainConfig(epochs=2, batch_size=8, grad_accum=3,
+                                                        eval_strategy="no"))
+    result = trainer.fit(rows, None)
+    assert result.global_step == 6 and result.epochs_completed == 2
+    assert all(p.grad is None for p in trainer.model.parameters())  # nothing left over

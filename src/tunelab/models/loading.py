@@ -40,12 +40,25 @@ def resolve_model(ref: str) -> str:
     aliases = ", ".join(sorted(BUILTIN_MODELS))
     if not _HUB_ID.match(ref):
         raise UserError(f"model '{ref}' is neither a built-in alias ({aliases}) nor an existing folder")
-    if hub_offline():
+    if hub_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE=1" if hub_offline() else "no connection to huggingface.co"
         raise UserError(
-            f"model '{ref}' looks like a hub id but the hub is offline (HF_HUB_OFFLINE=1); "
+            f"model '{ref}' looks like a hub id but the hub is offline ({why}); "
             f"use a local folder or a built-in alias: {aliases}"
         )
     return ref
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub (no request), so an offline machine fails in seconds, not retries."""
+    import socket
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((endpoint, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def hub_kwargs(resolved: str) -> dict[str, Any]:

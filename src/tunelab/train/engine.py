@@ -259,20 +259,24 @@ class Trainer:
             micro += 1
             st.batches_in_epoch += 1
             st.train_samples += batch["input_ids"].shape[0] * acc.num_processes
-            if micro % cfg.grad_accum:
-                continue
-            if cfg.max_grad_norm:
-                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            st.global_step += 1
+            last = st.batches_in_epoch >= self.batches.batches_per_epoch()
+            if micro % cfg.grad_accum and not last:
+                continue  # accumulate; the epoch's last batch always ends with a step
+            self._optimizer_step(st)
             st.train_seconds += time.perf_counter() - t0
             if self._after_step(st, loss.detach().float().item() * cfg.grad_accum, bar):
                 return True
             t0 = time.perf_counter()
         st.train_seconds += time.perf_counter() - t0
         return False
+
+    def _optimizer_step(self, st: LoopState) -> None:
+        if self.cfg.max_grad_norm:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.global_step += 1
 
     def _after_step(self, st: LoopState, loss: float, bar) -> bool:
         """Logging, step-based eval/checkpoints; return True to stop training."""
