@@ -60,6 +60,28 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def recipe_pairs(a: Any) -> list[tuple[str, Any]]:
+    """The recipe both benchmarks share: minilm, rotten_tomatoes 80/10/10, max length, batch,
+    warmup, weight decay, no evaluation during training (``a`` is the parsed argparse namespace)."""
+    pairs: list[tuple[str, Any]] = [
+        ("seed", a.seed),
+        ("model.name_or_path", "minilm"),
+        ("data.source", "rotten_tomatoes"),
+        ("data.validation_ratio", 0.1),
+        ("data.test_ratio", 0.1),
+        ("data.split_seed", a.split_seed),
+        ("data.max_length", a.max_length),
+        ("train.batch_size", a.batch_size),
+        ("train.warmup_ratio", a.warmup_ratio),
+        ("train.weight_decay", a.weight_decay),
+        ("train.eval_strategy", "no"),
+        ("train.keep_best", False),
+    ]
+    if a.max_train_samples:
+        pairs.append(("data.max_train_samples", a.max_train_samples))
+    return pairs
+
+
 def overrides(pairs: list[tuple[str, Any]]) -> list[str]:
     return [f"{k}={fmt(v)}" for k, v in pairs]
 

@@ -104,23 +104,7 @@ def matmul_peak(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- recipe
 
 def base_pairs(a: argparse.Namespace) -> list[tuple[str, Any]]:
-    pairs: list[tuple[str, Any]] = [
-        ("seed", a.seed),
-        ("model.name_or_path", "minilm"),
-        ("data.source", "rotten_tomatoes"),
-        ("data.validation_ratio", 0.1),
-        ("data.test_ratio", 0.1),
-        ("data.split_seed", a.split_seed),
-        ("data.max_length", a.max_length),
-        ("train.batch_size", a.batch_size),
-        ("train.warmup_ratio", a.warmup_ratio),
-        ("train.weight_decay", a.weight_decay),
-        ("train.eval_strategy", "no"),
-        ("train.keep_best", False),
-    ]
-    if a.max_train_samples:
-        pairs.append(("data.max_train_samples", a.max_train_samples))
-    return pairs
+    return bc.recipe_pairs(a)
 
 
 def token_stats(a: argparse.Namespace) -> dict[str, Any]:

