@@ -81,3 +81,11 @@ def test_methods_verb_lists_every_method(capsys):
 def test_unknown_key_inside_extra_methods():
     with pytest.raises(UserError, match=r"extra_methods\.0\.top_layer.*did you mean 'top_layers'"):
         validate_config({"method": "lora", "extra_methods": [{"name": "freeze", "top_layer": 1}]})
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "bitfit", "lora", "ia3", "adapter", "parallel_adapter"])
+def test_every_method_config_round_trips_through_the_saved_yaml(method):
+    extra = {"freeze": ["method.top_layers=1"], "adapter": ["method.bottleneck=8"],
+             "parallel_adapter": ["method.bottleneck=8"], "lora": ["method.use_dora=true"]}
+    cfg = build_config(None, [f"method.name={method}", *extra.get(method, [])])
+    assert validate_config(to_yaml_dict(cfg)) == cfg

@@ -81,7 +81,9 @@ def test_existing_run_is_refused_and_kept(lora_run, tiny_bert_dir, reviews_jsonl
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("full", {}), ("bitfit", {}), ("freeze", {"method.top_layers": 1}),
+    ("full", {}), ("bitfit", {}), ("freeze", {"method.top_layers": 1}), ("ia3", {}),
+    ("adapter", {"method.bottleneck": 8}), ("parallel_adapter", {"method.bottleneck": 8}),
+    ("lora", {"method.use_dora": "true", "method.use_rslora": "true"}),
 ])
 def test_other_methods_train_and_reload(method, extra, tiny_bert_dir, reviews_jsonl, tmp_path, capsys):
     overrides = tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path, **{"method.name": method, **extra,

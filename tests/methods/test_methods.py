@@ -27,7 +27,7 @@ def trainable_names(model: torch.nn.Module) -> set[str]:
 
 
 def test_registry_has_every_method() -> None:
-    assert set(METHODS) == {"full", "freeze", "bitfit", "lora"}
+    assert set(METHODS) == {"full", "freeze", "bitfit", "lora", "ia3", "adapter", "parallel_adapter"}
     for name, spec in METHODS.items():
         assert spec.config_cls.model_fields["name"].default == name
         assert spec.description and spec.paper

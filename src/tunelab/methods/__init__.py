@@ -11,11 +11,14 @@ from pydantic import Field
 from torch import nn
 
 from tunelab.errors import UserError, unknown
-from tunelab.methods import bitfit, freeze, full, lora
+from tunelab.methods import adapter, bitfit, freeze, full, ia3, lora
 from tunelab.methods.base import MethodConfig, MethodSpec
 from tunelab.models.layers import head_parameter_names
 
-METHODS: dict[str, MethodSpec] = {m.SPEC.name: m.SPEC for m in (full, freeze, bitfit, lora)}
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (full.SPEC, freeze.SPEC, bitfit.SPEC, lora.SPEC, ia3.SPEC, *adapter.SPECS)
+}
 
 AnyMethodConfig = Annotated[
     Union[tuple(spec.config_cls for spec in METHODS.values())],  # type: ignore[valid-type]
