@@ -59,6 +59,7 @@ from torch import nn
 
 from tunelab.errors import UserError
 from tunelab.methods.base import MethodConfig, MethodSpec
+from tunelab.methods.targets import replace_module
 from tunelab.models.layers import find_layer_list
 
 Placement = Literal["both", "attention", "ffn"]
@@ -278,12 +279,6 @@ def _blocks(model: nn.Module, method: str) -> tuple[str, nn.ModuleList]:
         raise UserError(f"{method}: {exc}; bottleneck adapters need a transformer layer list") from exc
 
 
-def _replace(block: nn.Module, path: str, new: nn.Module) -> None:
-    parent_name, _, child = path.rpartition(".")
-    parent = block.get_submodule(parent_name) if parent_name else block
-    setattr(parent, child, new)
-
-
 def _norm_modules(block: nn.Module) -> list[nn.Module]:
     """LayerNorm / RMSNorm modules inside ``block`` (by type, or a class name ending in ``Norm``)."""
     return [
@@ -297,41 +292,37 @@ def _train(module: nn.Module) -> None:
         p.requires_grad_(True)
 
 
-def apply_serial(model: nn.Module, cfg: MethodConfig) -> None:
-    """Wrap each chosen output projection in a :class:`SerialAdapter`; train adapters (+ norms)."""
-    assert isinstance(cfg, AdapterConfig)
+def _wrap_blocks(model: nn.Module, cfg: AdapterConfig | ParallelAdapterConfig, wrapper: type[_AdapterWrapper],
+                 hook_entry: bool) -> None:
+    """Wrap the chosen projection of every block; with ``hook_entry`` the wrapper also reads the
+    sublayer's input (parallel adapters). Trains the adapters, plus block norms if asked."""
     _, blocks = _blocks(model, cfg.name)
     for block in blocks:
         patterns = [find_sublayer(block, where, cfg.name) for where in _placements(cfg.placement)]
-        for pattern in patterns:
+        for pattern in patterns:  # all found before any is wrapped
             base = block.get_submodule(pattern.projection)
-            wrapped = SerialAdapter(base, cfg.bottleneck_for(_features(base, "out_features")),
-                                    cfg.activation, cfg.init_std, cfg.scaling)
-            _replace(block, pattern.projection, wrapped)
+            wrapped = wrapper(base, cfg.bottleneck_for(_features(base, "out_features")),
+                              cfg.activation, cfg.init_std, cfg.scaling)
+            replace_module(block, pattern.projection, wrapped)
+            if hook_entry:
+                block.get_submodule(pattern.entry).register_forward_pre_hook(wrapped.capture, with_kwargs=True)
             for p in wrapped.adapter_parameters():
                 p.requires_grad_(True)
         if cfg.train_layer_norm:
             for norm in _norm_modules(block):
                 _train(norm)
+
+
+def apply_serial(model: nn.Module, cfg: MethodConfig) -> None:
+    """Wrap each chosen output projection in a :class:`SerialAdapter`; train adapters (+ norms)."""
+    assert isinstance(cfg, AdapterConfig)
+    _wrap_blocks(model, cfg, SerialAdapter, hook_entry=False)
 
 
 def apply_parallel(model: nn.Module, cfg: MethodConfig) -> None:
     """Wrap each chosen output projection in a :class:`ParallelAdapter` fed by the sublayer input."""
     assert isinstance(cfg, ParallelAdapterConfig)
-    _, blocks = _blocks(model, cfg.name)
-    for block in blocks:
-        patterns = [find_sublayer(block, where, cfg.name) for where in _placements(cfg.placement)]
-        for pattern in patterns:
-            base = block.get_submodule(pattern.projection)
-            wrapped = ParallelAdapter(base, cfg.bottleneck_for(_features(base, "out_features")),
-                                      cfg.activation, cfg.init_std, cfg.scaling)
-            _replace(block, pattern.projection, wrapped)
-            block.get_submodule(pattern.entry).register_forward_pre_hook(wrapped.capture, with_kwargs=True)
-            for p in wrapped.adapter_parameters():
-                p.requires_grad_(True)
-        if cfg.train_layer_norm:
-            for norm in _norm_modules(block):
-                _train(norm)
+    _wrap_blocks(model, cfg, ParallelAdapter, hook_entry=True)
 
 
 def adapter_modules(model: nn.Module) -> dict[str, _AdapterWrapper]:

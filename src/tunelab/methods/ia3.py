@@ -36,7 +36,15 @@ from torch import nn
 
 from tunelab.errors import UserError
 from tunelab.methods.base import MethodConfig, MethodSpec
-from tunelab.methods.targets import REGEX_PREFIX, excluded_module_names, matches, replace_module
+from tunelab.methods.targets import (
+    REGEX_PREFIX,
+    excluded_module_names,
+    matches,
+    merge_all,
+    replace_module,
+    unmerge_all,
+    unwrap_all,
+)
 
 BERT_LIKE = (["key", "value", "output.dense"], ["output.dense"])
 DECODER = (["k_proj", "v_proj", "down_proj"], ["down_proj"])
@@ -278,27 +286,18 @@ def apply(model: nn.Module, cfg: MethodConfig) -> None:
 
 
 def merge_ia3(model: nn.Module) -> int:
-    """Fold every scaling vector into its base layer; returns how many modules were merged."""
-    modules = ia3_modules(model)
-    for module in modules.values():
-        module.merge()
-    return len(modules)
+    """Fold every IA3Linear into its base layer; returns how many modules were merged."""
+    return merge_all(ia3_modules(model))
 
 
 def unmerge_ia3(model: nn.Module) -> int:
-    """Undo :func:`merge_ia3` (divides back; exact up to rounding); returns how many modules there are."""
-    modules = ia3_modules(model)
-    for module in modules.values():
-        module.unmerge()
-    return len(modules)
+    """Undo :func:`merge_ia3`; returns how many modules there are."""
+    return unmerge_all(ia3_modules(model))
 
 
 def unwrap_ia3(model: nn.Module) -> nn.Module:
     """Merge, then replace each :class:`IA3Linear` by its base layer (plain names for export)."""
-    for name, module in ia3_modules(model).items():
-        module.merge()
-        replace_module(model, name, module.base_layer)
-    return model
+    return unwrap_all(model, ia3_modules(model))
 
 
 SPEC = MethodSpec(

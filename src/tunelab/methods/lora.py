@@ -44,7 +44,15 @@ from torch.nn import functional as F
 
 from tunelab.errors import UserError
 from tunelab.methods.base import MethodConfig, MethodSpec
-from tunelab.methods.targets import REGEX_PREFIX, excluded_module_names, matches, replace_module
+from tunelab.methods.targets import (
+    REGEX_PREFIX,
+    excluded_module_names,
+    matches,
+    merge_all,
+    replace_module,
+    unmerge_all,
+    unwrap_all,
+)
 from tunelab.models.layers import find_layer_list
 
 ALL_LINEAR = "all-linear"
@@ -415,27 +423,18 @@ def apply(model: nn.Module, cfg: MethodConfig) -> None:
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Fold every adapter into its base weight; returns how many modules were merged."""
-    modules = lora_modules(model)
-    for module in modules.values():
-        module.merge()
-    return len(modules)
+    """Fold every LoRALinear into its base layer; returns how many modules were merged."""
+    return merge_all(lora_modules(model))
 
 
 def unmerge_lora(model: nn.Module) -> int:
     """Undo :func:`merge_lora`; returns how many modules there are."""
-    modules = lora_modules(model)
-    for module in modules.values():
-        module.unmerge()
-    return len(modules)
+    return unmerge_all(lora_modules(model))
 
 
 def unwrap_lora(model: nn.Module) -> nn.Module:
     """Merge, then replace each :class:`LoRALinear` by its base layer (plain names for export)."""
-    for name, module in lora_modules(model).items():
-        module.merge()
-        replace_module(model, name, module.base_layer)
-    return model
+    return unwrap_all(model, lora_modules(model))
 
 
 SPEC = MethodSpec(

@@ -8,6 +8,7 @@ matches the regular expression. Task heads, ``lm_head`` and output embeddings ar
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -49,3 +50,25 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def merge_all(modules: Mapping[str, nn.Module]) -> int:
+    """Call ``merge()`` on every wrapper (LoRA, IA3, ...); return how many there are."""
+    for module in modules.values():
+        module.merge()
+    return len(modules)
+
+
+def unmerge_all(modules: Mapping[str, nn.Module]) -> int:
+    """Call ``unmerge()`` on every wrapper; return how many there are."""
+    for module in modules.values():
+        module.unmerge()
+    return len(modules)
+
+
+def unwrap_all(model: nn.Module, modules: Mapping[str, nn.Module]) -> nn.Module:
+    """Merge each wrapper, then put its ``base_layer`` back (plain transformers names for export)."""
+    for name, module in modules.items():
+        module.merge()
+        replace_module(model, name, module.base_layer)
+    return model
