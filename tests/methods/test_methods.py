@@ -70,6 +70,12 @@ def test_freeze_top_one_is_last_layer_plus_head(tiny_bert) -> None:
     assert all(n.startswith(("bert.encoder.layer.1.", "classifier.")) for n in trainable_names(tiny_bert))
 
 
+def test_freeze_top_zero_is_a_linear_probe(tiny_bert) -> None:
+    apply_methods(tiny_bert, [FreezeConfig(top_layers=0)])
+    assert count_parameters(tiny_bert)["trainable"] == HEAD
+    assert all(n.startswith("classifier.") for n in trainable_names(tiny_bert))
+
+
 def test_freeze_bottom_one_with_embeddings(tiny_bert) -> None:
     apply_methods(tiny_bert, [FreezeConfig(bottom_layers=1, train_embeddings=True, train_head=False)])
     cfg = tiny_bert.config
@@ -163,7 +169,7 @@ def test_freeze_pattern_matching_nothing_names_close_parameters(tiny_bert) -> No
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"train_embeddings": True}, {"patterns": []}, {"top_layers": 0}, {"patterns": ["("]}],
+    [{}, {"train_embeddings": True}, {"patterns": []}, {"top_layers": -1}, {"patterns": ["("]}],
 )
 def test_freeze_config_rejects(kwargs) -> None:
     with pytest.raises(ValidationError):

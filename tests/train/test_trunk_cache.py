@@ -39,14 +39,16 @@ def _collate(rows):
     return out
 
 
-def test_cached_forward_equals_full_forward():
-    model = _model(top_layers=1)
+@pytest.mark.parametrize("top_layers", [1, 0])
+def test_cached_forward_equals_full_forward(top_layers):
+    """top_layers=0 (a linear probe) caches every block; only pooler and head run."""
+    model = _model(top_layers=top_layers)
     g = torch.Generator().manual_seed(0)
     rows = [{"input_ids": torch.randint(1, 60, (int(n),), generator=g).tolist()}
             for n in torch.randint(3, 12, (10,), generator=g)]
     cache = FrozenTrunkCache(model)
     cache.build(rows, _collate, batch_size=4)
-    assert cache.k == 2 and all(s.shape == (len(r["input_ids"]), 16) for s, r in zip(cache.states, rows))
+    assert cache.k == 3 - top_layers and all(s.shape == (len(r["input_ids"]), 16) for s, r in zip(cache.states, rows))
     batch = _collate([dict(rows[i], row_index=i) for i in (7, 2, 5)])
     idx = batch.pop("row_index")
     model.train()

@@ -31,7 +31,8 @@ class FreezeConfig(MethodConfig):
 
     name: Literal["freeze"] = Field("freeze", description="Method name: train a chosen subset of layers.")
     top_layers: int | None = Field(
-        None, ge=1, description="Train the last N transformer blocks (closest to the output)."
+        None, ge=0, description="Train the last N transformer blocks (closest to the output); 0 trains "
+        "no block, only the task head: a linear probe on frozen features."
     )
     bottom_layers: int | None = Field(
         None, ge=1, description="Train the first N transformer blocks (closest to the input)."
