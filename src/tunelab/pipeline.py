@@ -31,7 +31,7 @@ from tunelab.models.loading import fingerprint, load_tokenizer, resolve_model
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import get_task
 from tunelab.tasks.classification import ClassificationTask, Columns
-from tunelab.train.checkpoint import latest_checkpoint, load_trainable
+from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
 from tunelab.train.engine import Trainer, make_loader, predict_logits
 
 
@@ -138,6 +138,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     started = time.time()
     fit = trainer.fit(rows["train"], rows.get("validation"))
     trainer.restore_best()
+    finalize(accelerator.unwrap_model(trainer.model))  # the saved form; test metrics come from it too
     test = evaluate_rows(trainer.model, rows.get("test"), tokenizer, task, accelerator, cfg)
     if accelerator.is_main_process:
         if test:
@@ -235,6 +236,7 @@ def load_run(path: str) -> LoadedRun:
     if fp != expected:
         raise UserError(f"run {run.path} was trained on a different base model than "
                         f"'{cfg.model.name_or_path}' resolves to now (fingerprint {expected} vs {fp})")
+    finalize(model)  # final weights are always saved finalized (see train)
     load_trainable(model, run.load_weights())
     model.eval()
     tokenizer = load_tokenizer(str(run.model_dir) if (run.model_dir / "tokenizer_config.json").is_file()

@@ -27,7 +27,8 @@ def trainable_names(model: torch.nn.Module) -> set[str]:
 
 
 def test_registry_has_every_method() -> None:
-    assert set(METHODS) == {"full", "freeze", "bitfit", "lora", "ia3", "adapter", "parallel_adapter"}
+    assert set(METHODS) == {"full", "freeze", "bitfit", "lora", "qlora", "ia3", "adapter", "parallel_adapter",
+                            "prompt_tuning", "prefix_tuning", "ptuning_v2"}
     for name, spec in METHODS.items():
         assert spec.config_cls.model_fields["name"].default == name
         assert spec.description and spec.paper
@@ -143,6 +144,31 @@ def test_lora_with_freeze_keeps_the_frozen_layers_training(tiny_bert) -> None:
 def test_full_cannot_be_combined(tiny_bert, other) -> None:
     with pytest.raises(UserError, match="full"):
         apply_methods(tiny_bert, [FullConfig(), other])
+
+
+def _default_config(name: str):
+    return METHODS[name].config_cls(top_layers=1) if name == "freeze" else METHODS[name].config_cls()
+
+
+REFUSED_PAIRS = {frozenset(p) for p in [("lora", "qlora"), ("lora", "ia3"), ("qlora", "ia3"), ("qlora", "freeze"),
+                                        ("prompt_tuning", "prefix_tuning"), ("prompt_tuning", "ptuning_v2"),
+                                        ("prefix_tuning", "ptuning_v2")]}
+PAIRS = [(a, b) for a in METHODS for b in METHODS if a != b and "full" not in (a, b)]
+
+
+@pytest.mark.parametrize(("first", "second"), PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
+def test_every_pair_of_methods_composes_or_is_refused_in_one_line(first, second, tiny_bert, batch) -> None:
+    """Either both methods apply and the model runs and trains, or a one-line UserError says why."""
+    configs = [_default_config(first), _default_config(second)]
+    if frozenset((first, second)) in REFUSED_PAIRS:
+        with pytest.raises(UserError, match="cannot be combined") as err:
+            apply_methods(tiny_bert, configs)
+        assert "\n" not in str(err.value)
+        return
+    apply_methods(tiny_bert, configs)
+    tiny_bert(**batch).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in tiny_bert.named_parameters()
+               if p.requires_grad and "classifier" not in n)
 
 
 def test_unknown_method_suggests_a_name() -> None:

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from tests.conftest import tiny_overrides
 from tunelab.cli import main
 from tunelab.errors import UserError
-from tunelab.methods import apply_methods
+from tunelab.methods import METHODS, apply_methods
 from tunelab.methods.freeze import FreezeConfig
 from tunelab.methods.lora import LoRAConfig
 from tunelab.train.trunk_cache import FrozenTrunkCache
@@ -69,6 +69,17 @@ def test_cache_refuses_a_trainable_bottom():
                                                      num_attention_heads=2, intermediate_size=32))
     apply_methods(model, [LoRAConfig(r=2)])
     with pytest.raises(UserError, match="layer 0 trains"):
+        FrozenTrunkCache(model)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "ptuning_v2"])
+def test_cache_refuses_virtual_tokens(method):
+    """Virtual tokens feed every layer, so even frozen blocks' outputs change as they train."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=32))
+    apply_methods(model, [FreezeConfig(top_layers=1), METHODS[method].config_cls()])
+    with pytest.raises(UserError, match=f"cannot be used with.*{method}"):
         FrozenTrunkCache(model)
 
 

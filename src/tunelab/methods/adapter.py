@@ -162,18 +162,21 @@ class _AdapterWrapper(nn.Module):
     """A projection ``base_layer`` plus a bottleneck ``adapter_up(act(adapter_down(.)))``.
 
     The bottleneck has near-identity init (down ~ N(0, init_std^2), up and biases 0), so it outputs
-    exactly zero until trained; it is created on the base weight's device and dtype.
+    exactly zero until trained; it is created on the base weight's device and dtype (float32 over a
+    4-bit base).
     """
 
     def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str, init_std: float,
                  scaling: float) -> None:
         super().__init__()
         weight = next(base_layer.parameters())
+        # float32 over a 4-bit (QLoRA) base, whose packed weight is uint8
+        dtype = weight.dtype if weight.is_floating_point() else torch.float32
         width = _features(base_layer, "out_features")
         self.base_layer = base_layer
-        self.adapter_down = nn.Linear(width, bottleneck, device=weight.device, dtype=weight.dtype)
+        self.adapter_down = nn.Linear(width, bottleneck, device=weight.device, dtype=dtype)
         self.adapter_act = ACTIVATIONS[activation]()
-        self.adapter_up = nn.Linear(bottleneck, width, device=weight.device, dtype=weight.dtype)
+        self.adapter_up = nn.Linear(bottleneck, width, device=weight.device, dtype=dtype)
         self.scaling = scaling
         self.reset_adapter_parameters(init_std)
 

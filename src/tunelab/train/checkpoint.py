@@ -30,6 +30,21 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def finalize(model: nn.Module) -> int:
+    """Put every method module into its final, saved form; return how many modules did so.
+
+    The protocol: a module that trains one parametrisation but keeps another defines
+    ``tunelab_finalize()`` (idempotent; e.g. prefix tuning replaces its MLP by the prefix table it
+    computes). It runs after training, before the final weights are saved, and again on a freshly
+    built model before those weights are loaded back. Checkpoints for resume are written before it,
+    so they keep the training parametrisation and resume stays exact.
+    """
+    modules = [m for m in model.modules() if callable(getattr(m, "tunelab_finalize", None))]
+    for module in modules:  # collected first: finalizing may change the module tree
+        module.tunelab_finalize()
+    return len(modules)
+
+
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy saved trainable tensors back; every trainable parameter must be present."""
     params = dict(model.named_parameters())
