@@ -1,4 +1,4 @@
-"""The ``tunelab`` command: train, eval, predict, methods.
+"""The ``tunelab`` command: train, eval, predict, export, import-peft, methods.
 
 User mistakes print one line and exit with code 2 (``--debug`` shows the traceback). The last line
 ``train`` prints is the run directory.
@@ -80,6 +80,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tunelab import pipeline
 
     loaded = pipeline.load_run(args.run)
+    if not args.data and not loaded.cfg.data.source:
+        raise UserError(f"run {args.run} names no data source (imported without --data); "
+                        "pass --data FILE with labelled rows")
     metrics = pipeline.evaluate_run(loaded, args.data, args.split)
     print(json.dumps(metrics, indent=2))
     return 0
@@ -108,11 +111,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from tunelab.interop import export_run
+
+    out = export_run(args.run, args.format, args.out, overwrite=args.overwrite)
+    print(f"exported {args.run} as {args.format} to:")
+    print(out)
+    return 0
+
+
+def cmd_import_peft(args: argparse.Namespace) -> int:
+    from tunelab.interop import from_peft
+
+    out = from_peft(args.peft_dir, args.out, model=args.model, data=args.data, overrides=args.overrides,
+                    overwrite=args.overwrite)
+    print(f"imported peft adapter {args.peft_dir} as run:")
+    print(out)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from tunelab.methods import METHODS
 
+    width = max(len(name) for name in METHODS)
     for spec in METHODS.values():
-        print(f"{spec.name:8s} {spec.description}")
+        print(f"{spec.name:{width}s}  {spec.description}")
         for name, field in spec.config_cls.model_fields.items():
             if name == "name":
                 continue
@@ -152,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="input .jsonl/.csv/... with the run's text column")
     p.add_argument("--out", help="write predictions as JSON lines here")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a run as a peft adapter or as a merged transformers model")
+    p.add_argument("run")
+    p.add_argument("--format", required=True, metavar="FORMAT",
+                   help="peft: adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained "
+                        "(lora, ia3); merged: adapters folded into the base, a plain transformers folder "
+                        "(lora, ia3, full, freeze, bitfit)")
+    p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-peft", help="turn a peft LoRA/DoRA/IA3 adapter folder into a tunelab run")
+    p.add_argument("peft_dir", metavar="PEFT_DIR", help="folder with adapter_config.json + adapter_model.safetensors")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a data.* / train.* setting of the run (repeatable), e.g. --set data.text_column=review "
+                        "--set data.label_names=[neg,pos] (label names in id order)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--model", help="base model (default: the adapter's base_model_name_or_path)")
+    p.add_argument("--data", help="the run's data source, so 'tunelab eval RUN' needs no --data")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=cmd_import_peft)
 
     p = sub.add_parser("methods", help="list methods with their options and defaults")
     p.set_defaults(func=cmd_methods)
