@@ -23,6 +23,13 @@ RUNS: dict[str, dict[str, object]] = {
     # DoRA on all linear layers; a high LR moves the magnitudes away from the row norms.
     "dora": {"method.r": 4, "method.use_dora": "true", "method.init": "random", "train.lr": 2e-2},
     "ia3": {"method.name": "ia3", "train.lr": 5e-2},
+    # Virtual tokens: prefix tuning's MLP is folded into its table when training ends.
+    "prompt_tuning": {"method.name": "prompt_tuning", "method.num_virtual_tokens": 4, "train.lr": 5e-2},
+    "prefix_tuning": {"method.name": "prefix_tuning", "method.num_virtual_tokens": 4,
+                      "method.projection_size": 16, "train.lr": 3e-3},
+    "ptuning_v2": {"method.name": "ptuning_v2", "method.num_virtual_tokens": 3, "train.lr": 1e-2},
+    # QLoRA: NF4 base linears (dequantised on export), LoRA with both factors non-zero.
+    "qlora": {"method.name": "qlora", "method.r": 4, "method.init": "random"},
     "bitfit": {"method.name": "bitfit", "train.lr": 5e-2},
     "full": {"method.name": "full"},
     "freeze": {"method.name": "freeze", "method.top_layers": 1},

@@ -150,7 +150,7 @@ def test_import_refuses_pickled_weights(peft_lora, tmp_path, capsys):
     ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa'"),
     ({"use_qalora": True}, "use_qalora=True"),
     ({"exclude_modules": ["key"]}, "exclude_modules"),
-    ({"peft_type": "PREFIX_TUNING"}, "peft_type 'PREFIX_TUNING'"),
+    ({"peft_type": "P_TUNING"}, "peft_type 'P_TUNING'"),
     ({"task_type": "CAUSAL_LM"}, "task_type 'CAUSAL_LM'"),
 ])
 def test_import_refuses_options_tunelab_lacks(changes, expected, peft_lora, tmp_path, capsys):

@@ -11,7 +11,7 @@ from tunelab.pipeline import load_run
 from .helpers import logits, run_logits
 
 
-@pytest.mark.parametrize("name", ["lora", "lora_rs_pattern", "dora", "ia3", "bitfit", "full", "freeze"])
+@pytest.mark.parametrize("name", ["lora", "lora_rs_pattern", "dora", "qlora", "ia3", "bitfit", "full", "freeze"])
 def test_merged_model_loads_with_transformers_and_matches_run(name, make_run, tiny_bert_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 

@@ -1,8 +1,10 @@
 """Interoperability: a run directory to and from formats other tools load.
 
 * :func:`to_peft` -- a peft adapter folder (``PeftModel.from_pretrained`` loads it); LoRA (rsLoRA,
-  DoRA, rank/alpha patterns) and IA3, the task head in ``modules_to_save``.
-* :func:`from_peft` -- a peft LoRA/DoRA/IA3 adapter folder becomes a tunelab run directory.
+  DoRA, rank/alpha patterns), IA3, prompt tuning, prefix tuning and P-tuning v2, the task head in
+  ``modules_to_save``.
+* :func:`from_peft` -- a peft LoRA/DoRA/IA3/PROMPT_TUNING/PREFIX_TUNING adapter folder becomes a
+  tunelab run directory.
 * :func:`export_merged` -- adapters folded into the base, saved as a plain transformers model.
 
 Per-method peft converters are registered in :data:`tunelab.interop.peft_format.CONVERTERS`.

@@ -14,6 +14,10 @@ peft (0.21) writes an adapter folder as ``adapter_config.json`` (the config's fi
 * a list ``target_modules`` selects a module whose name equals an entry or ends in ``.<entry>``; a
   string is a regex that must match the whole name; IA3's list ``feedforward_modules`` selects by
   plain ``str.endswith`` (no dot).
+* prompt learning methods (``PROMPT_TUNING``, ``PREFIX_TUNING``) keep the transformers model directly
+  under the peft model (no tuner in between), so their ``modules_to_save`` keys are
+  ``base_model.classifier.weight``, and the method itself is one tensor ``prompt_embeddings`` with
+  no prefix at all.
 
 A converter (one per method, :class:`PeftConverter`) translates the method's config and tensors;
 the head (``modules_to_save``) and the folder layout are handled once in
@@ -36,6 +40,9 @@ from tunelab.models.layers import HEAD_MODULE_NAMES, head_parameter_names
 
 PEFT_PREFIX = "base_model.model."
 """Prefix of every tensor key of a model-wrapping peft adapter (LoRA, IA3, modules_to_save)."""
+
+PROMPT_LEARNING_PREFIX = "base_model."
+"""Prefix of the model's tensors (the head in ``modules_to_save``) in a prompt learning adapter."""
 
 SEQ_CLS_HEADS = ("classifier", "score")
 """Module names peft adds to ``modules_to_save`` for ``task_type="SEQ_CLS"``."""
@@ -69,6 +76,9 @@ class PeftConverter:
     """(parameter name, tensor, adapted model) -> (on-disk key, tensor), or None when not this method's."""
     from_peft_key: Callable[[str, torch.Tensor], tuple[str, torch.Tensor] | None]
     """(on-disk key, tensor) -> (parameter name, tensor), or None when not this method's key."""
+    model_prefix: str = PEFT_PREFIX
+    """Prefix of the model's own tensors on disk (the head in ``modules_to_save``): ``base_model.model.``
+    for tuner methods, :data:`PROMPT_LEARNING_PREFIX` for prompt learning."""
 
 
 # ---------------------------------------------------------------------------- heads
@@ -188,9 +198,54 @@ def number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def strip_prefix(key: str) -> str:
-    """An on-disk key without ``base_model.model.``; a key without it is not a model tensor."""
-    if not key.startswith(PEFT_PREFIX):
-        raise UserError(f"adapter tensor {key} does not start with '{PEFT_PREFIX}'; "
-                        "this does not look like a LoRA/IA3 adapter saved by peft")
-    return key[len(PEFT_PREFIX):]
+def strip_prefix(key: str, prefix: str = PEFT_PREFIX) -> str:
+    """An on-disk key without ``prefix`` (``base_model.model.``); a key without it is not a model tensor."""
+    if not key.startswith(prefix):
+        kind = "LoRA/IA3" if prefix == PEFT_PREFIX else "prompt learning"
+        raise UserError(f"adapter tensor {key} does not start with '{prefix}'; "
+                        f"this does not look like a {kind} adapter saved by peft")
+    return key[len(prefix):]
+
+
+# ---------------------------------------------------------------------------- prompt learning
+
+PROMPT_KEY = "prompt_embeddings"
+"""The on-disk key of a prompt learning method's tensor (no prefix)."""
+
+PROMPT_FIELDS = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_attention_heads",
+                 "num_layers")
+"""Fields every prompt learning config has (peft fills them from the base model's config)."""
+
+
+def virtual_token_count(peft_cfg: dict[str, Any], where: str) -> int:
+    """``num_virtual_tokens`` as a positive int; peft's encoder-decoder layout (two stacks) is refused."""
+    stacks = peft_cfg.get("num_transformer_submodules")
+    if stacks not in (None, 1):
+        raise UserError(f"{where}: {peft_cfg.get('peft_type')} num_transformer_submodules={stacks!r} (virtual "
+                        "tokens for an encoder-decoder's two stacks) has no tunelab equivalent; tunelab reads "
+                        "num_transformer_submodules=1")
+    count = peft_cfg.get("num_virtual_tokens")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise UserError(f"{where}: num_virtual_tokens must be a positive integer, got {count!r}")
+    return count
+
+
+def check_fits_base(peft_cfg: dict[str, Any], field: str, expected: int, meaning: str, where: str) -> None:
+    """A config field that describes the base model must equal what this base has (None: peft's default)."""
+    value = peft_cfg.get(field)
+    if value is not None and value != expected:
+        raise UserError(f"{where}: {peft_cfg.get('peft_type')} {field}={value!r} does not fit the base model, "
+                        f"whose {meaning} is {expected}; tunelab needs {field}={expected} (was the adapter made "
+                        "for another base model? pass --model)")
+
+
+def prompt_tensor(tensors: dict[str, torch.Tensor], shape: tuple[int, ...], where: str,
+                  hint: str = "") -> torch.Tensor:
+    """The adapter's ``prompt_embeddings``, which must have ``shape``."""
+    if PROMPT_KEY not in tensors:
+        raise UserError(f"{where}: the adapter holds no '{PROMPT_KEY}' tensor")
+    tensor = tensors[PROMPT_KEY]
+    if tuple(tensor.shape) != shape:
+        raise UserError(f"{where}: {PROMPT_KEY} has shape {tuple(tensor.shape)} but the config and the base "
+                        f"model need {shape}{hint}")
+    return tensor

@@ -27,16 +27,17 @@ from tunelab.config import RunConfig, apply_override, to_yaml_dict, validate_con
 from tunelab.data.builtin import BUILTIN_DATASETS
 from tunelab.data.labels import LabelMap
 from tunelab.errors import UserError
-from tunelab.interop import merged, peft_ia3, peft_lora
+from tunelab.interop import merged, peft_ia3, peft_lora, peft_prefix, peft_prompt
 from tunelab.interop.folders import check_out_dir, input_folders, open_finished_run, staged_dir
-from tunelab.interop.peft_base import PEFT_PREFIX, PeftConverter, head_modules, strip_prefix
+from tunelab.interop.peft_base import PeftConverter, head_modules, strip_prefix
 from tunelab.methods import count_parameters
 from tunelab.models.layers import head_parameter_names
 from tunelab.models.loading import resolve_model
 from tunelab.run import RunDir
 
-CONVERTERS: dict[str, PeftConverter] = {c.method: c for c in (peft_lora.CONVERTER, peft_ia3.CONVERTER)}
-"""tunelab method name -> its peft converter."""
+CONVERTERS: dict[str, PeftConverter] = {c.method: c for c in (
+    peft_lora.CONVERTER, peft_ia3.CONVERTER, peft_prompt.CONVERTER, *peft_prefix.CONVERTERS)}
+"""tunelab method name -> its peft converter (import takes the first one of a ``peft_type``)."""
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -67,7 +68,7 @@ def converter_for_peft_type(peft_type: Any, where: str) -> PeftConverter:
     for converter in CONVERTERS.values():
         if converter.peft_type == peft_type:
             return converter
-    known = ", ".join(sorted(c.peft_type for c in CONVERTERS.values()))
+    known = ", ".join(sorted({c.peft_type for c in CONVERTERS.values()}))
     raise UserError(f"{where}: peft_type {peft_type!r} has no tunelab equivalent; tunelab imports: {known}")
 
 
@@ -90,7 +91,7 @@ def peft_tensors(converter: PeftConverter, model: nn.Module, modules: list[str])
             exported.add(name)
     for module in modules:
         for key, value in model.get_submodule(module).state_dict().items():
-            tensors[f"{PEFT_PREFIX}{module}.{key}"] = value.detach().cpu().clone().contiguous()
+            tensors[f"{converter.model_prefix}{module}.{key}"] = value.detach().cpu().clone().contiguous()
             exported.add(f"{module}.{key}")
     stray = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in exported)
     if stray:
@@ -184,7 +185,8 @@ def split_tensors(converter: PeftConverter, tensors: dict[str, torch.Tensor]) ->
             method[key] = tensor
             named[mapped[0]] = (key, mapped[1])
         else:
-            named[strip_prefix(key)] = saved[strip_prefix(key)] = (key, tensor)
+            name = strip_prefix(key, converter.model_prefix)
+            named[name] = saved[name] = (key, tensor)
     return method, named, saved
 
 
