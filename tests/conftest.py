@@ -57,8 +57,53 @@ def tiny_overrides(model_dir: Path, data: Path, out: Path, **extra: object) -> l
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m tunelab`` in a subprocess (exit codes and stderr as a user sees them)."""
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m tunelab`` in a subprocess (exit codes and stderr as a user sees them);
+    ``input_text`` is its stdin (none otherwise)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
+                          env=full_env, timeout=timeout, cwd=REPO, input=input_text,
+                          stdin=None if input_text is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer (ChatML template, eos = pad = ``<|im_end|>``) saved to a folder.
+
+    Read from the converted built-in folder when it is already cached (~0.3 s), else straight from
+    the GGUF (~5 s); never converts the model.
+    """
+    from transformers import AutoTokenizer
+
+    from tunelab.models.gguf import cache_folder, gguf_source, prepare_tokenizer
+
+    cached = cache_folder("smollm2-135m")
+    if (cached / "tokenizer.json").is_file():
+        tok = AutoTokenizer.from_pretrained(cached)
+    else:
+        source = gguf_source("smollm2-135m")
+        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        tok = prepare_tokenizer(tok, 8192)  # SmolLM2's max_position_embeddings, as in the cached folder
+    path = tmp_path_factory.mktemp("smol-tokenizer")
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    """A 2-layer, hidden-64 random LlamaForCausalLM with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    tok.model_max_length = 512
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -1,4 +1,4 @@
-"""The ``tunelab`` command: train, eval, predict, export, import-peft, methods.
+"""The ``tunelab`` command: train, eval, predict, generate, chat, export, import-peft, methods.
 
 User mistakes print one line and exit with code 2 (``--debug`` shows the traceback). The last line
 ``train`` prints is the run directory.
@@ -65,15 +65,25 @@ def _print_summary(run_dir: Path) -> None:
     table = Table(title=f"tunelab: {run_dir.name}")
     for col in ("metric", "value"):
         table.add_column(col)
-    for key in ("accuracy", "f1", "f1_macro", "auc_roc", "rmse", "mae", "r2"):
+    before = results.get("baseline") or {}
+    for key in SUMMARY_METRICS:
         value = results["test"].get(key)
         if isinstance(value, float):
-            table.add_row(f"test {key}", f"{value:.4f}")
+            was = before.get(key)
+            table.add_row(f"test {key}", f"{value:.4f}" + (f" (before training {was:.4f})"
+                                                          if isinstance(was, float) else ""))
     p = results["params"]
     table.add_row("trainable params", f"{p['trainable']:,} / {p['total']:,} ({p['trainable_percent']:.3f}%)")
-    table.add_row("train time", f"{results['train_seconds']:.1f} s ({results['samples_per_second']:.1f} samples/s)")
+    speed = f"{results['samples_per_second']:.1f} samples/s"
+    if results.get("task") == "sft":
+        speed += f", {results.get('tokens_per_second', 0):.0f} tokens/s"
+    table.add_row("train time", f"{results['train_seconds']:.1f} s ({speed})")
     table.add_row("peak memory", f"{results['peak_memory_mb']:.0f} MB")
     Console(stderr=False).print(table)
+
+
+SUMMARY_METRICS = ("accuracy", "f1", "f1_macro", "auc_roc", "rmse", "mae", "r2",
+                   "loss", "perplexity", "exact_match", "rouge_l", "bleu")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -97,6 +107,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.texts) == bool(args.file):
         raise UserError("give texts to classify, or --file in.jsonl (with --out), not both and not neither")
     loaded = pipeline.load_run(args.run)
+    if loaded.cfg.task.name == "sft":
+        raise UserError(f"run {args.run} is an instruction-tuning run; use tunelab generate {args.run} "
+                        "--prompt ... (or --file prompts.jsonl --out out.jsonl)")
     if args.file:
         rows = load_source(args.file)["train"]
     else:
@@ -109,6 +122,77 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines))
     return 0
+
+
+def _generation_options(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from tunelab.generation import GenerationOptions
+
+    try:
+        return GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_p=args.top_p, top_k=args.top_k, stop=args.stop or [],
+                                 batch_size=args.batch_size, seed=args.seed)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} "
+                        f"(got {first.get('input')!r})") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tunelab.data.readers import load_source
+    from tunelab.generation import generate_texts
+    from tunelab.inference import load_generator, row_messages
+
+    if bool(args.prompt) == bool(args.file):
+        raise UserError("give --prompt TEXT (repeatable) or --file prompts.jsonl, not both and not neither")
+    if args.out and not args.file:
+        raise UserError("--out goes with --file; with --prompt the generations are printed")
+    opts = _generation_options(args)
+    if args.file:
+        rows = [dict(r) for r in load_source(args.file)["train"]]
+        messages = [row_messages(r, f"{args.file} row {i}") for i, r in enumerate(rows)]
+    else:
+        rows = [{"prompt": p} for p in args.prompt]
+        messages = [[{"role": "user", "content": p}] for p in args.prompt]
+    gen = load_generator(args.model, template=args.template, system_prompt=args.system)
+    prompts = list(args.prompt) if args.raw and args.prompt else [gen.render(m) for m in messages]
+    outputs = generate_texts(gen.model, gen.tokenizer, prompts, opts)
+    lines = [json.dumps({**row, "generation": out}) for row, out in zip(rows, outputs)]
+    if args.out:
+        Path(args.out).write_text("".join(line + "\n" for line in lines))
+        print(f"wrote {len(lines)} generations to {args.out}")
+    elif args.file:
+        print("\n".join(lines))
+    else:
+        print("\n\n".join(outputs))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tunelab.generation import ChatSession, chat_loop
+    from tunelab.inference import load_generator
+
+    opts = _generation_options(args)
+    gen = load_generator(args.model, template=args.template, system_prompt=args.system)
+    session = ChatSession(gen.model, gen.tokenizer, gen.render, system_prompt=gen.system_prompt, opts=opts)
+    print(f"chatting with {gen.source} (/reset clears the history, /exit or Ctrl-D quits)")
+    chat_loop(session, opts)
+    return 0
+
+
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="RUN_OR_MODEL",
+                   help="an instruction-tuning run directory, or a causal LM (smollm2-135m, a folder, a hub id)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); >0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (default 0 = off)")
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable); cut from the output")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--system", help="system prompt (default: the run's task.system_prompt)")
+    p.add_argument("--template", help="auto, chat, alpaca or a template string with {prompt} (default: the run's)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -176,17 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write predictions as JSON lines here")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("generate", help="generate answers with an instruction-tuned run or a causal LM")
+    _add_generation_options(p)
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="a user message (repeatable)")
+    p.add_argument("--file", help="prompts as .jsonl/.csv/...: prompt, instruction [+ input], or messages")
+    p.add_argument("--out", help="write the rows with a 'generation' field as JSON lines here")
+    p.add_argument("--raw", action="store_true", help="send --prompt text as it is, without the chat template")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive terminal chat (streams tokens, keeps the history)")
+    _add_generation_options(p)
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("export", help="write a run as a peft adapter or as a merged transformers model")
     p.add_argument("run")
     p.add_argument("--format", required=True, metavar="FORMAT",
                    help="peft: adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained "
-                        "(lora, ia3); merged: adapters folded into the base, a plain transformers folder "
+                        "(lora, ia3, prompt_tuning, prefix_tuning, ptuning_v2); merged: adapters folded into the "
+                        "base, a plain transformers folder "
                         "(lora, ia3, full, freeze, bitfit)")
     p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import-peft", help="turn a peft LoRA/DoRA/IA3 adapter folder into a tunelab run")
+    p = sub.add_parser("import-peft",
+                       help="turn a peft LoRA/DoRA/IA3/prompt/prefix tuning adapter folder into a tunelab run")
     p.add_argument("peft_dir", metavar="PEFT_DIR", help="folder with adapter_config.json + adapter_model.safetensors")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a data.* / train.* setting of the run (repeatable), e.g. --set data.text_column=review "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import UserError, did_you_mean
 from tunelab.methods import METHODS, AnyMethodConfig
 from tunelab.methods.lora import LoRAConfig
+from tunelab.tasks.sft import SFTTaskConfig
 
 
 class _Section(BaseModel):
@@ -58,10 +59,17 @@ class DataConfig(_Section):
         return self
 
 
-class TaskConfig(_Section):
+class ClassificationTaskConfig(_Section):
     name: Literal["classification", "regression"] = Field(
-        "classification", description="classification (single label) or regression (one float)."
+        "classification", description="classification (single label), regression (one float), or sft "
+                                      "(instruction tuning of a causal LM; see the task.* keys below)."
     )
+
+
+TaskConfig = Annotated[ClassificationTaskConfig | SFTTaskConfig, Field(discriminator="name")]
+TASK_CONFIGS: dict[str, type[BaseModel]] = {
+    "classification": ClassificationTaskConfig, "regression": ClassificationTaskConfig, "sft": SFTTaskConfig,
+}
 
 
 class TrainConfig(_Section):
@@ -99,6 +107,9 @@ class TrainConfig(_Section):
     cache_frozen_trunk: bool = Field(
         False, description="freeze only: compute the frozen lower layers once and reuse them each epoch."
     )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% more time)."
+    )
 
     @field_validator("eval_strategy", "mixed_precision", mode="before")
     @classmethod
@@ -113,7 +124,9 @@ class RunConfig(_Section):
     seed: int = Field(42, description="Seed for initialisation, dropout and data order.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: TaskConfig = Field(  # type: ignore[valid-type]
+        default_factory=ClassificationTaskConfig, description="What is learned, and the task's options."
+    )
     method: AnyMethodConfig = Field(  # type: ignore[valid-type]
         default_factory=lambda: LoRAConfig(), description="The fine-tuning method and its options."
     )
@@ -170,8 +183,8 @@ def apply_override(data: dict[str, Any], override: str) -> None:
                 raise UserError(f"override '{override}': '{part}' is not a section")
             node[part] = child
         node = child
-    # Switching method name starts that method from its own defaults.
-    if parts[-1] == "name" and parts[:-1] in (["method"],) and node.get("name") != value:
+    # Switching method (or task) name starts it from its own defaults.
+    if parts[-1] == "name" and parts[:-1] in (["method"], ["task"]) and node.get("name") != value:
         node.clear()
     node[parts[-1]] = value
 
@@ -205,6 +218,11 @@ def _normalise_methods(data: dict[str, Any]) -> dict[str, Any]:
     extra = data.get("extra_methods")
     if isinstance(extra, list):
         data["extra_methods"] = [{"name": m} if isinstance(m, str) else m for m in extra]
+    task = data.get("task")
+    if isinstance(task, str):
+        data["task"] = {"name": task}
+    elif isinstance(task, dict) and "name" not in task:
+        data["task"] = {"name": "classification", **task}
     return data
 
 
@@ -214,13 +232,19 @@ def _explain(err: ValidationError, data: dict[str, Any]) -> str:
     loc = [str(x) for x in first["loc"]]
     # Discriminated unions put the tag in the path: method.lora.r -> method.r (and extra_methods.0.x)
     loc = [x for i, x in enumerate(loc)
-           if not (x in METHODS and i > 0 and (loc[i - 1] == "method" or loc[i - 1].isdigit()))]
+           if not (x in METHODS and i > 0 and (loc[i - 1] == "method" or loc[i - 1].isdigit()))
+           and not (i > 0 and loc[i - 1] == "task" and x in TASK_CONFIGS)]
     field = ".".join(loc)
     kind = first["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], data)
         return (f"unknown config key '{field}'{did_you_mean(loc[-1], allowed)}; "
                 f"accepted under '{'.'.join(loc[:-1]) or 'top level'}': {', '.join(sorted(allowed))}")
+    if kind in ("union_tag_invalid", "union_tag_not_found") and loc[:1] == ["task"]:
+        given = first.get("input")
+        given = given.get("name") if isinstance(given, dict) else given
+        return (f"config key 'task.name': unknown task {given!r}{did_you_mean(str(given), TASK_CONFIGS)}; "
+                f"accepted: {', '.join(TASK_CONFIGS)}")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         given = first.get("input")
         given = given.get("name") if isinstance(given, dict) else given
@@ -246,6 +270,10 @@ def _allowed_keys(loc: list[str], data: dict[str, Any]) -> list[str]:
             continue
         if part == "extra_methods":
             continue
+        if part == "task":
+            name = node.get("name", "classification") if isinstance(node, dict) else "classification"
+            model = TASK_CONFIGS.get(name, ClassificationTaskConfig)
+            continue
         ann = model.model_fields[part].annotation if part in model.model_fields else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
@@ -268,6 +296,9 @@ def describe_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> lis
         elif name == "method":
             rows.append((key + ".name", "lora", "Method: " + ", ".join(sorted(METHODS))))
             rows.extend(r for r in describe_fields(LoRAConfig, key + ".") if r[0] != key + ".name")
+        elif name == "task":
+            rows.extend(describe_fields(ClassificationTaskConfig, key + "."))
+            rows.extend(r for r in describe_fields(SFTTaskConfig, key + ".") if r[0] != key + ".name")
         else:
             default = field.get_default(call_default_factory=True)
             rows.append((key, repr(default) if not isinstance(default, list) else str(default),

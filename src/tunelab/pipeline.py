@@ -20,76 +20,64 @@ from datasets import Dataset
 
 from tunelab.allocator import active_allocator
 from tunelab.config import RunConfig, to_yaml_dict, validate_config
-from tunelab.data.builtin import BUILTIN_DATASETS
-from tunelab.data.columns import drop_missing, require_columns
+from tunelab.data.columns import require_columns
 from tunelab.data.labels import LabelMap
 from tunelab.data.readers import load_source
-from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
 from tunelab.methods import apply_methods, count_parameters
 from tunelab.models.loading import fingerprint, load_tokenizer, resolve_model
 from tunelab.run import RunDir, write_model_card
-from tunelab.tasks import get_task
-from tunelab.tasks.classification import ClassificationTask, Columns
+from tunelab.tasks import Task, get_task
+from tunelab.tasks.classification import Prepared, prepare_data, resolve_columns  # noqa: F401 (re-exported)
+from tunelab.tasks.classification import padding_collator as collator
+from tunelab.tasks.sft import SFTTask, ensure_pad_token
 from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
 from tunelab.train.engine import Trainer, make_loader, predict_logits
 
-
-@dataclass
-class Prepared:
-    splits: dict[str, Dataset]
-    columns: Columns
-    labels: LabelMap | None
+VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning", "ptuning_v2")
 
 
 # ---------------------------------------------------------------------------- data
 
-def resolve_columns(cfg: RunConfig) -> Columns:
-    builtin = BUILTIN_DATASETS.get(cfg.data.source)
-    return Columns(
-        text=cfg.data.text_column or (builtin.text_column if builtin else "text"),
-        label=cfg.data.label_column or (builtin.label_column if builtin else "label"),
-        text_pair=cfg.data.text_pair_column or (builtin.text_pair_column if builtin else None),
-    )
-
-
-def prepare_data(cfg: RunConfig, task: ClassificationTask) -> Prepared:
-    """Read the source, check columns, split, and fit the label map on the training split."""
-    d = cfg.data
-    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
-    cols = resolve_columns(cfg)
-    for name, ds in list(splits.items()):
-        require_columns(ds, cols.required(), name)
-        splits[name], _ = drop_missing(ds, [c for c in cols.required().values() if c])
-    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio,
-                         seed=d.split_seed, stratify_column=None if task.regression else cols.label)
-    if d.max_train_samples:
-        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
-    builtin = BUILTIN_DATASETS.get(d.source)
-    names = d.label_names or (builtin.label_names if builtin else None)
-    labels = task.fit_labels(splits["train"], cols, names)
-    return Prepared(splits, cols, labels)
-
-
 def encode_splits(task, tokenizer, prep: Prepared, max_length: int) -> dict[str, list[dict]]:
+    """Classification rows of every split (kept for callers that prepare data themselves)."""
     return {name: task.encode(tokenizer, ds, prep.columns, max_length, prep.labels, name)
             for name, ds in prep.splits.items()}
 
 
-def collator(tokenizer):
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+def check_task_methods(cfg: RunConfig) -> None:
+    """Refuse task x method combinations that cannot work, before anything is loaded."""
+    if cfg.task.name == "sft" and cfg.task.packing:
+        virtual = [m.name for m in cfg.methods() if m.name in VIRTUAL_TOKEN_METHODS]
+        if virtual:
+            raise UserError(f"task.packing cannot be used with method '{virtual[0]}': its virtual tokens need "
+                            "one example per row (a 2-D attention mask); set task.packing=false")
+    if cfg.train.cache_frozen_trunk and cfg.task.name == "sft":
+        raise UserError("train.cache_frozen_trunk is for classification runs; set it to false for task.name=sft")
 
 
 # ---------------------------------------------------------------------------- model
 
-def build_model(cfg: RunConfig, task: ClassificationTask, resolved: str, labels: LabelMap | None):
+def build_model(cfg: RunConfig, task: Task, resolved: str, labels: LabelMap | None):
     """Base model with a fresh head, its fingerprint (taken before any method touches it), adapted."""
     model = task.build_model(resolved, labels)
     fp = fingerprint(model, exclude=set(model.tunelab_head_params))
     apply_methods(model, cfg.methods())
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     return model, fp
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in backward (non-reentrant: works with frozen inputs)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"train.gradient_checkpointing: {type(model).__name__} does not support it")
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False
 
 
 def make_accelerator(cfg: RunConfig):
@@ -116,13 +104,14 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     """Train one run end to end and return its directory."""
     from accelerate.utils import broadcast_object_list, set_seed
 
+    check_task_methods(cfg)
     accelerator = make_accelerator(cfg)
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task)
     resolved = resolve_model(cfg.model.name_or_path)
-    prep = prepare_data(cfg, task)
     tokenizer = load_tokenizer(resolved)
+    data = task.prepare(cfg, tokenizer)
     set_seed(cfg.seed)
-    model, fp = build_model(cfg, task, resolved, prep.labels)
+    model, fp = build_model(cfg, task, resolved, data.labels)
     params = count_parameters(model)
     accelerator.print(f"trainable params: {params['trainable']:,} || all params: {params['total']:,} "
                       f"|| trainable%: {params['trainable_percent']:.4f}")
@@ -130,27 +119,44 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     broadcast_object_list(name)
     run = open_run(Path(resume) if resume else Path(cfg.output_dir) / name[0], cfg, accelerator,
                    overwrite=overwrite, resume=bool(resume))
-    rows = encode_splits(task, tokenizer, prep, cfg.data.max_length)
     log = run.log if accelerator.is_main_process else (lambda event: None)
-    trainer = Trainer(model, cfg.train, accelerator, seed=cfg.seed, collate=collator(tokenizer),
-                      metrics_fn=task.metrics, best_metric=task.best_metric, log=log, run_dir=run.path,
-                      group_by_length=cfg.data.group_by_length)
+    train_collate, eval_collate = task.collators(cfg, tokenizer, model)
+    baseline = None if resume else task.baseline(model, data, tokenizer, accelerator, cfg)
+    if baseline:
+        log_test(log, "baseline", 0, *baseline, cfg)
+    trainer = Trainer(model, cfg.train, accelerator, seed=cfg.seed, collate=train_collate,
+                      eval_collate=eval_collate, evaluate_fn=task.evaluate, best_metric=task.best_metric,
+                      log=log, run_dir=run.path, group_by_length=cfg.data.group_by_length)
     started = time.time()
-    fit = trainer.fit(rows["train"], rows.get("validation"))
+    fit = trainer.fit(data.rows["train"], data.rows.get("validation"))
     trainer.restore_best()
     finalize(accelerator.unwrap_model(trainer.model))  # the saved form; test metrics come from it too
-    test = evaluate_rows(trainer.model, rows.get("test"), tokenizer, task, accelerator, cfg)
+    test, samples = task.test_metrics(trainer.model, data, tokenizer, accelerator, cfg)
     if accelerator.is_main_process:
         if test:
-            log({"event": "eval", "split": "test", "step": fit.global_step,
-                 **{k: v for k, v in test.items() if not isinstance(v, list)}})
+            log_test(log, "test", fit.global_step, test, samples, cfg)
         results = results_record(cfg, task, fit, trainer.metric_name, test, params, fp, accelerator,
                                  wall_seconds=time.time() - started)
-        save_artifacts(run, accelerator.unwrap_model(trainer.model), tokenizer, prep.labels, fp, cfg)
+        before = baseline[0] if baseline else next(iter(run.events(event="eval", split="baseline")), None)
+        before = dict(before, split=test.get("split")) if before else None
+        if before:
+            results["baseline"] = {k: v for k, v in before.items() if k not in ("event", "step")}
+        save_artifacts(run, accelerator.unwrap_model(trainer.model), tokenizer, data.labels, fp, cfg)
+        if samples:
+            run.write_jsonl(run.path / "generations.jsonl", samples)
         run.write_json(run.results, results)
         write_model_card(run, to_yaml_dict(cfg), results)
     accelerator.wait_for_everyone()
     return run.path
+
+
+def log_test(log, split: str, step: int, metrics: dict[str, Any], samples: list[dict], cfg: RunConfig) -> None:
+    """One eval event for the split (scalars only) and, for generative tasks, a few generations."""
+    log({"event": "eval", **{k: v for k, v in metrics.items() if not isinstance(v, (list, dict))},
+         "split": split, "step": step})
+    shown = getattr(cfg.task, "log_generations", 0)
+    if samples and shown:
+        log({"event": "generations", "split": split, "step": step, "samples": samples[:shown]})
 
 
 def results_record(cfg: RunConfig, task, fit, metric: str, test: dict, params: dict, fp: str,
@@ -164,6 +170,7 @@ def results_record(cfg: RunConfig, task, fit, metric: str, test: dict, params: d
         "params": params, "global_step": fit.global_step, "epochs": fit.epochs_completed,
         "stopped_early": fit.stopped_early, "train_seconds": round(fit.train_seconds, 3),
         "samples_per_second": round(fit.samples_per_second, 3), "train_samples": fit.train_samples,
+        "tokens_per_second": round(fit.tokens_per_second, 3), "train_tokens": fit.train_tokens,
         "wall_seconds": round(wall_seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
         "allocator": active_allocator(), "num_processes": accelerator.num_processes,
     }
@@ -214,7 +221,7 @@ def evaluate_rows(model, rows, tokenizer, task, accelerator, cfg: RunConfig) -> 
 class LoadedRun:
     run: RunDir
     cfg: RunConfig
-    task: ClassificationTask
+    task: Task
     model: Any
     tokenizer: Any
     labels: LabelMap | None
@@ -228,7 +235,8 @@ def load_run(path: str) -> LoadedRun:
     """Rebuild a trained model from its run directory alone (base + methods + saved weights)."""
     run = RunDir.open(path)
     cfg = validate_config(run.read_config())
-    task = get_task(cfg.task.name)
+    cfg.train.gradient_checkpointing = False  # a training-time memory trade; loading never needs it
+    task = get_task(cfg.task)
     labels = LabelMap.from_dict(run.read_json(run.label_map)) if run.label_map.is_file() else None
     resolved = resolve_model(cfg.model.name_or_path)
     model, fp = build_model(cfg, task, resolved, labels)
@@ -241,6 +249,8 @@ def load_run(path: str) -> LoadedRun:
     model.eval()
     tokenizer = load_tokenizer(str(run.model_dir) if (run.model_dir / "tokenizer_config.json").is_file()
                                else resolved)
+    if isinstance(task, SFTTask):
+        ensure_pad_token(tokenizer)
     return LoadedRun(run, cfg, task, model, tokenizer, labels)
 
 
@@ -264,6 +274,8 @@ def evaluate_run(loaded: LoadedRun, data: str | None, split: str) -> dict[str, A
     from accelerate import Accelerator
 
     cfg = loaded.cfg
+    if isinstance(loaded.task, SFTTask):
+        return evaluate_sft_run(loaded, data, split)
     if data:
         splits = load_source(data)
         ds = splits.get(split) or splits.get("test") or splits["train"]
@@ -283,3 +295,24 @@ def evaluate_run(loaded: LoadedRun, data: str | None, split: str) -> dict[str, A
     acc = Accelerator(cpu=not torch.cuda.is_available())
     logits, labels = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
     return loaded.task.metrics(logits, np.asarray(labels))
+
+
+def evaluate_sft_run(loaded: LoadedRun, data: str | None, split: str) -> dict[str, Any]:
+    """Loss, perplexity and generation metrics of an instruction-tuned run on a split or a file."""
+    from accelerate import Accelerator
+
+    cfg = loaded.cfg.model_copy(deep=True)
+    if data:
+        cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
+        cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
+        cfg.data.max_train_samples = None
+    prepared = loaded.task.prepare(cfg, loaded.tokenizer)
+    name = "train" if data else split
+    if name not in prepared.rows:
+        raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prepared.rows)}")
+    prepared.rows = {"test": prepared.rows[name]}
+    prepared.conversations = {"test": prepared.conversations[name]}
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    metrics, samples = loaded.task.test_metrics(acc.prepare(loaded.model), prepared, loaded.tokenizer, acc, cfg)
+    metrics["split"] = "eval" if data else split
+    return {**metrics, "samples": samples[: loaded.cfg.task.log_generations]}

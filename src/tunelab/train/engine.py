@@ -29,6 +29,7 @@ from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.trunk_cache import FrozenTrunkCache
 
 MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+EvaluateFn = Callable[[nn.Module, DataLoader, Accelerator], dict[str, Any]]
 LogFn = Callable[[dict[str, Any]], None]
 
 
@@ -42,10 +43,16 @@ class FitResult:
     best_step: int | None = None
     stopped_early: bool = False
     last_eval: dict[str, Any] = field(default_factory=dict)
+    train_tokens: int = 0
 
     @property
     def samples_per_second(self) -> float:
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Non-padding input tokens per second of training."""
+        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
 
 @dataclass
@@ -60,6 +67,15 @@ class LoopState:
     evals_without_improvement: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
+    train_tokens: int = 0
+
+
+def batch_tokens(batch: dict[str, torch.Tensor], counted: torch.Tensor | None) -> int:
+    """Real (non-padding) tokens of a batch: the collator's count, else the 2-D attention mask's sum."""
+    if counted is not None:
+        return int(counted)
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
 
 
 def make_loader(rows: Sequence[dict], batch_size: int, collate, *, train: bool, seed: int,
@@ -76,6 +92,12 @@ def make_loader(rows: Sequence[dict], batch_size: int, collate, *, train: bool, 
                     if group_by_length else EpochShuffleSampler(len(rows), seed))
     batches = ShardedBatchSampler(sampler, batch_size, rank, world)
     return DataLoader(list(rows), batch_sampler=batches, collate_fn=collate, generator=gen), batches
+
+
+def eval_loader(rows: Sequence[dict], batch_size: int, collate, accelerator: Accelerator) -> DataLoader:
+    """An evaluation loader (data order kept), prepared so each process gets its shard."""
+    loader, _ = make_loader(rows, batch_size, collate, train=False, seed=0, group_by_length=False)
+    return accelerator.prepare(loader)
 
 
 @torch.inference_mode()
@@ -100,10 +122,16 @@ class Trainer:
     """Fit a model with one config; see :func:`Trainer.fit`."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, accelerator: Accelerator, *, seed: int,
-                 collate, metrics_fn: MetricsFn, best_metric: tuple[str, bool], log: LogFn,
-                 run_dir: Path, group_by_length: bool = True):
+                 collate, best_metric: tuple[str, bool], log: LogFn, run_dir: Path,
+                 metrics_fn: MetricsFn | None = None, evaluate_fn: EvaluateFn | None = None,
+                 eval_collate=None, group_by_length: bool = True):
+        """``evaluate_fn(model, loader, accelerator)`` scores the validation loader; without it the
+        logits go through ``metrics_fn(logits, labels)``. ``eval_collate`` defaults to ``collate``."""
+        if (metrics_fn is None) == (evaluate_fn is None):
+            raise ValueError("give exactly one of metrics_fn and evaluate_fn")
         self.cfg, self.acc, self.seed = cfg, accelerator, seed
-        self.collate, self.metrics_fn, self.log = collate, metrics_fn, log
+        self.collate, self.metrics_fn, self.evaluate_fn, self.log = collate, metrics_fn, evaluate_fn, log
+        self.eval_collate = eval_collate or collate
         self.metric_name = cfg.metric_for_best or best_metric[0]
         self.greater = best_metric[1] if cfg.metric_for_best is None else _greater_is_better(self.metric_name)
         self.ckpt_dir, self.best_dir = run_dir / "checkpoints", run_dir / "best"
@@ -132,9 +160,7 @@ class Trainer:
         self.scheduler = scheduler  # stepped by us once per optimizer step (not prepared: no scaling)
         self.eval_loader = None
         if eval_rows:
-            eval_loader, _ = make_loader(eval_rows, cfg.eval_batch_size, self.collate, train=False,
-                                         seed=self.seed, group_by_length=False)
-            self.eval_loader = acc.prepare(eval_loader)
+            self.eval_loader = eval_loader(eval_rows, cfg.eval_batch_size, self.eval_collate, acc)
 
     def _build_trunk_cache(self, rows: Sequence[dict]) -> FrozenTrunkCache:
         t0 = time.perf_counter()
@@ -166,9 +192,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        logits, labels = predict_logits(self.model, self.eval_loader, self.acc)
+        if self.evaluate_fn is not None:
+            metrics = self.evaluate_fn(self.model, self.eval_loader, self.acc)
+        else:
+            logits, labels = predict_logits(self.model, self.eval_loader, self.acc)
+            metrics = self.metrics_fn(logits, labels)
         self.model.train()
-        return self.metrics_fn(logits, labels)
+        return metrics
 
     def _after_eval(self, st: LoopState, metrics: dict[str, Any]) -> bool:
         """Track the best checkpoint; return True when early stopping says stop."""
@@ -224,7 +254,7 @@ class Trainer:
         bar.close()
         epochs_done = st.epoch + (1 if st.batches_in_epoch >= self.batches.batches_per_epoch() else 0)
         return FitResult(st.global_step, epochs_done, st.train_seconds, st.train_samples,
-                         st.best_metric, st.best_step, self.early_stopped, self.last_eval)
+                         st.best_metric, st.best_step, self.early_stopped, self.last_eval, st.train_tokens)
 
     def _evaluating(self) -> bool:
         return self.eval_loader is not None and self.cfg.eval_strategy != "no"
@@ -247,6 +277,7 @@ class Trainer:
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             rows = batch.pop("row_index", None)
+            counted = batch.pop("num_tokens", None)
             if self.trunk is not None:
                 with self.trunk.active(rows, batch["attention_mask"]):
                     out = model(**batch)
@@ -259,6 +290,7 @@ class Trainer:
             micro += 1
             st.batches_in_epoch += 1
             st.train_samples += batch["input_ids"].shape[0] * acc.num_processes
+            st.train_tokens += batch_tokens(batch, counted) * acc.num_processes
             last = st.batches_in_epoch >= self.batches.batches_per_epoch()
             if micro % cfg.grad_accum and not last:
                 continue  # accumulate; the epoch's last batch always ends with a step
@@ -285,9 +317,10 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[-1]
         if st.global_step % cfg.log_steps == 0 or st.global_step == 1:
             sps = st.train_samples / max(st.train_seconds, 1e-9)
+            tps = st.train_tokens / max(st.train_seconds, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.1f}", refresh=False)
             self.log({"event": "train", "step": st.global_step, "epoch": st.epoch, "loss": loss,
-                      "lr": lr, "samples_per_second": sps})
+                      "lr": lr, "samples_per_second": sps, "tokens_per_second": tps})
         stop = False
         if cfg.eval_strategy == "steps" and self._evaluating() and st.global_step % cfg.eval_steps == 0:
             stop = self._eval_and_save(st)

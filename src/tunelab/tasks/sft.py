@@ -1,0 +1,271 @@
+"""Instruction tuning (supervised fine-tuning, SFT) of causal language models.
+
+Rows in any supported format (:mod:`tunelab.data.conversations`) are rendered through a template
+(:mod:`tunelab.data.templates`) and tokenised so that, by default, only the response tokens carry a
+loss (Ouyang et al., 2022; Zhou et al., 2023 mask the prompt the same way). Training rows may be
+packed without cross-contamination (:mod:`tunelab.data.packing`). The model is
+``AutoModelForCausalLM``; its language-model head is pretrained, so there is no new head.
+
+Evaluation: token-level cross-entropy on held-out rows (``loss``) and ``perplexity = exp(loss)``
+during training; on the test split additionally generation metrics (exact match, ROUGE-L, BLEU) on
+``task.eval_generate`` examples, greedy, with a few generations written to the run. The same test
+evaluation runs once *before* training (``task.eval_baseline``), so a run shows what training
+changed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+from torch.nn import functional as F
+
+from tunelab.data.conversations import FORMATS, Conversation, detect_format, required_columns, to_conversation
+from tunelab.data.packing import PackedCollator, pack
+from tunelab.data.templates import IGNORE, Template, tokenize, truncate
+from tunelab.errors import UserError
+from tunelab.models.loading import hub_kwargs
+
+
+class SFTTaskConfig(BaseModel):
+    """``task:`` options of instruction tuning (``task.name: sft``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["sft"] = Field("sft", description="Instruction tuning of a causal LM.")
+    format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = Field(
+        "auto", description="Row format: alpaca, messages (role/content or ShareGPT), prompt_completion, "
+                            "text (continued pretraining), or auto (from the columns).")
+    template: str = Field(
+        "auto", description="auto (the tokenizer's chat template, else alpaca), chat, alpaca, or a template "
+                            "string with {prompt} (and optionally {system}).")
+    system_prompt: str | None = Field(None, description="System turn added to conversations that have none.")
+    train_on_prompt: bool = Field(False, description="Also train on prompt tokens (default: responses only).")
+    packing: bool = Field(False, description="Pack training examples into full rows (no cross-example attention).")
+    truncation: Literal["right", "left", "drop"] = Field(
+        "right", description="Over-long examples: right keeps the start, left keeps the end, drop skips them.")
+    eval_generate: int = Field(
+        32, ge=0, description="Test examples to generate for exact match / ROUGE-L / BLEU (0: none).")
+    max_new_tokens: int = Field(64, ge=1, description="Generation length limit for the generation metrics.")
+    log_generations: int = Field(
+        3, ge=0, description="Generations written to metrics.jsonl (all go to generations.jsonl).")
+    eval_baseline: bool = Field(True, description="Evaluate the test split before training too.")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if value not in ("auto", "chat", "alpaca") and "{prompt}" not in value:
+            raise ValueError("must be auto, chat, alpaca, or a template string containing {prompt}")
+        return value
+
+
+@dataclass
+class SFTData:
+    """Prepared SFT data: conversations per split, encoded rows per split, what was dropped."""
+
+    conversations: dict[str, list[Conversation]]
+    rows: dict[str, list[dict[str, Any]]]
+    template: Template
+    fmt: str
+    dropped: dict[str, int] = field(default_factory=dict)
+    labels: None = None
+
+
+@dataclass
+class SFTTask:
+    """Instruction tuning; see the module docstring."""
+
+    cfg: SFTTaskConfig
+    name: str = "sft"
+    best_metric: tuple[str, bool] = ("loss", False)
+
+    # ------------------------------------------------------------------ the task protocol
+    def prepare(self, cfg: Any, tokenizer: Any) -> SFTData:
+        """Read and split the data, render and tokenise it (every user error happens here)."""
+        from tunelab.data.readers import load_source
+        from tunelab.data.splits import make_splits
+
+        d = cfg.data
+        ensure_pad_token(tokenizer)
+        template = Template.resolve(self.cfg.template, tokenizer)
+        splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+        self.read_conversations(splits, d.text_column or "text")  # bad rows named by their place in the file
+        splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio,
+                             seed=d.split_seed)
+        if d.max_train_samples:
+            splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
+        fmt, convs = self.read_conversations(splits, d.text_column or "text")
+        rows, dropped = self.prepare_rows(convs, tokenizer, template, d.max_length)
+        return SFTData(convs, rows, template, fmt, dropped)
+
+    def collators(self, cfg: Any, tokenizer: Any, model: nn.Module) -> tuple[Any, Any]:
+        """(training collator, evaluation collator): only training rows are packed."""
+        return self.collator(tokenizer, model, packed=self.cfg.packing), self.collator(tokenizer, model, packed=False)
+
+    def test_metrics(self, model: nn.Module, data: SFTData, tokenizer: Any, accelerator, cfg: Any
+                     ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        """Loss/perplexity on the test split (else validation) and generation metrics on a sample."""
+        from tunelab.train.engine import eval_loader
+
+        split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
+        if split is None:
+            return {}, []
+        _, collate = self.collators(cfg, tokenizer, model)
+        metrics: dict[str, Any] = {"split": split, **self.evaluate(
+            model, eval_loader(data.rows[split], cfg.train.eval_batch_size, collate, accelerator), accelerator)}
+        samples: list[dict[str, str]] = []
+        convs = [c for c in data.conversations[split] if not c.is_text][: self.cfg.eval_generate]
+        if convs:
+            samples = self.generate_samples(model, tokenizer, data.template, convs, cfg.train.eval_batch_size)
+            from tunelab.tasks.text_metrics import generation_metrics
+
+            metrics.update(generation_metrics([s["generation"] for s in samples], [s["reference"] for s in samples]))
+        return metrics, samples
+
+    def generate_samples(self, model: nn.Module, tokenizer: Any, template: Template, convs: list[Conversation],
+                         batch_size: int) -> list[dict[str, str]]:
+        """Greedy generations for the last assistant turn of each conversation, with references."""
+        from tunelab.generation import GenerationOptions, generate_texts
+
+        prompts, refs = [], []
+        for conv in convs:
+            messages, reference = conv.prompt_and_reference()
+            prompts.append(template.prompt(messages, tokenizer))
+            refs.append(reference)
+        opts = GenerationOptions(max_new_tokens=self.cfg.max_new_tokens, batch_size=min(batch_size, 16))
+        outs = generate_texts(model, tokenizer, prompts, opts)
+        return [{"prompt": p, "reference": r, "generation": o} for p, r, o in zip(prompts, refs, outs)]
+
+    def baseline(self, model: nn.Module, data: SFTData, tokenizer: Any, accelerator, cfg: Any
+                 ) -> tuple[dict[str, Any], list[dict[str, str]]] | None:
+        """The test evaluation before any training step (``task.eval_baseline``)."""
+        if not self.cfg.eval_baseline:
+            return None
+        return self.test_metrics(model, data, tokenizer, accelerator, cfg)
+
+    # ------------------------------------------------------------------ data
+    def read_conversations(self, splits: dict[str, Any], text_column: str) -> tuple[str, dict[str, list[Conversation]]]:
+        """Rows of every split as conversations, in the configured (or detected) format."""
+        first = next(iter(splits.values()))
+        fmt = self.cfg.format if self.cfg.format != "auto" else detect_format(first.column_names, text_column)
+        out: dict[str, list[Conversation]] = {}
+        for split, ds in splits.items():
+            required_columns(fmt, ds.column_names, text_column)
+            out[split] = [to_conversation(row, fmt, f"{split} row {i}", text_column, self.cfg.system_prompt)
+                          for i, row in enumerate(ds)]
+        return fmt, out
+
+    def encode(self, convs: list[Conversation], tokenizer: Any, template: Template, max_length: int,
+               *, packed: bool) -> tuple[list[dict[str, Any]], int]:
+        """Token rows of one split (packed when asked) and how many examples were dropped."""
+        rows, dropped = [], 0
+        for conv in convs:
+            example = tokenize(template.render(conv, tokenizer), tokenizer,
+                               train_on_prompt=self.cfg.train_on_prompt or conv.is_text, template=template)
+            fitted = truncate(example, max_length, self.cfg.truncation)
+            if fitted is None:
+                dropped += 1
+            else:
+                rows.append(fitted)
+        return (pack(rows, max_length) if packed else rows), dropped
+
+    def prepare_rows(self, convs: dict[str, list[Conversation]], tokenizer: Any, template: Template,
+                     max_length: int) -> tuple[dict[str, list[dict]], dict[str, int]]:
+        """Encode every split; only training rows are packed (evaluation stays per example)."""
+        rows, dropped = {}, {}
+        for split, items in convs.items():
+            rows[split], dropped[split] = self.encode(items, tokenizer, template, max_length,
+                                                      packed=self.cfg.packing and split == "train")
+        if not rows.get("train"):
+            raise UserError(f"no training example fits data.max_length={max_length} with task.truncation="
+                            f"{self.cfg.truncation} (or none has response tokens); raise data.max_length")
+        return rows, dropped
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, resolved: str, labels: Any = None) -> nn.Module:
+        """The pretrained causal LM in fp32; its LM head is pretrained, so no head is new."""
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32, **hub_kwargs(resolved))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load a causal language model from '{resolved}': "
+                            f"{str(e).splitlines()[0]}") from None
+        model.tunelab_head_params = []
+        return model
+
+    def collator(self, tokenizer: Any, model: nn.Module, *, packed: bool):
+        """Right-padding collator (labels padded with -100), or the packed one with its 4D mask."""
+        if packed:
+            attn = getattr(model.config, "_attn_implementation", "sdpa")
+            return PackedCollator(tokenizer.pad_token_id, torch.bool if attn == "sdpa" else torch.float32)
+        return PaddingCollator(tokenizer.pad_token_id)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, float]:
+        """Mean next-token cross-entropy over the labelled tokens, and perplexity.
+
+        Rows go through the model in chunks of at most :data:`LOGITS_BUDGET` logits, so a large
+        ``train.eval_batch_size`` never materialises batch x length x vocabulary floats at once.
+        """
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
+        for batch in loader:
+            batch = {k: v for k, v in batch.items() if k != "num_tokens"}
+            rows = max(1, LOGITS_BUDGET // (batch["input_ids"].shape[1] * vocab))
+            for start in range(0, batch["input_ids"].shape[0], rows):
+                chunk = {k: v[start:start + rows] for k, v in batch.items()}
+                totals += token_loss_sum(model, chunk)
+        totals = accelerator.reduce(totals, reduction="sum")
+        mean = (totals[0] / totals[1].clamp(min=1)).item()
+        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": int(totals[1].item())}
+
+
+LOGITS_BUDGET = 1 << 25
+"""Most logits (floats) one evaluation forward may produce: 32M, 128 MB in fp32."""
+
+
+def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(summed next-token cross-entropy over labelled tokens, their count), as float64."""
+    labels = batch.pop("labels")
+    logits = model(**batch).logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return torch.stack([loss.double(), (target != IGNORE).sum().double()])
+
+
+class PaddingCollator:
+    """Pads ``input_ids`` (pad token), ``attention_mask`` (0) and ``labels`` (-100) on the right."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(r["input_ids"]) for r in rows)
+
+        def padded(key: str, fill: int) -> torch.Tensor:
+            return torch.tensor([list(r[key]) + [fill] * (length - len(r[key])) for r in rows])
+
+        batch = {"input_ids": padded("input_ids", self.pad_token_id),
+                 "attention_mask": padded("attention_mask", 0)}
+        if "labels" in rows[0]:
+            batch["labels"] = padded("labels", IGNORE)
+        return batch
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Causal LM tokenizers often lack a pad token; padding then reuses EOS (masked out anyway)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError("the tokenizer has neither a pad nor an EOS token; cannot batch examples")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+FORMAT_NAMES = ("auto", *FORMATS)
