@@ -14,19 +14,20 @@ cd "$(dirname "$0")/.."
 VENV="${TUNELAB_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
-# tcmalloc keeps CPU training's peak memory ~25% lower (see src/tunelab/allocator.py); optional.
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ]; then
-  (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null 2>&1 \
-    || echo "setup: could not install libtcmalloc-minimal4 (optional); training uses glibc malloc"
-fi
-
-# WordNet (Debian wordnet-base): the source of the built-in instruction dataset wordnet_instruct.
-if [ ! -e /usr/share/wordnet/data.noun ] && [ -z "${TUNELAB_WORDNET_DIR:-}" ]; then
+# Debian packages, installed in one apt-get call when running as root:
+# - libtcmalloc-minimal4: keeps CPU training's peak memory ~25% lower (src/tunelab/allocator.py); optional;
+# - wordnet-base: the source of the built-in instruction dataset wordnet_instruct (tests read it);
+# - chromium: the tests open the HTML comparison report in it, headless.
+APT=()
+[ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || APT+=(libtcmalloc-minimal4)
+[ -e /usr/share/wordnet/data.noun ] || [ -n "${TUNELAB_WORDNET_DIR:-}" ] || APT+=(wordnet-base)
+command -v chromium >/dev/null || APT+=(chromium)
+if [ ${#APT[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && apt-get install -y -qq wordnet-base) >/dev/null 2>&1 \
-      || echo "setup: could not install wordnet-base; the wordnet_instruct dataset will not load"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT[@]}") >/dev/null 2>&1 \
+      || echo "setup: could not install ${APT[*]} with apt-get (without them: glibc malloc, no wordnet_instruct, no HTML report test)"
   else
-    echo "setup: WordNet missing; run 'sudo apt-get install -y wordnet-base' for the wordnet_instruct dataset"
+    echo "setup: please install the Debian packages ${APT[*]} (sudo apt-get install -y ${APT[*]})"
   fi
 fi
 

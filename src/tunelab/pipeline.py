@@ -121,6 +121,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
                    overwrite=overwrite, resume=bool(resume))
     log = run.log if accelerator.is_main_process else (lambda event: None)
     train_collate, eval_collate = task.collators(cfg, tokenizer, model)
+    if not resume:
+        model.to(accelerator.device)  # the baseline runs before the trainer places the model
     baseline = None if resume else task.baseline(model, data, tokenizer, accelerator, cfg)
     if baseline:
         log_test(log, "baseline", 0, *baseline, cfg)
@@ -204,15 +206,6 @@ def save_artifacts(run: RunDir, model, tokenizer, labels: LabelMap | None, fp: s
     if labels is not None:
         run.write_json(run.label_map, labels.to_dict())
     run.write_json(run.fingerprint, {"name_or_path": cfg.model.name_or_path, "fingerprint": fp})
-
-
-def evaluate_rows(model, rows, tokenizer, task, accelerator, cfg: RunConfig) -> dict[str, Any]:
-    if not rows:
-        return {}
-    loader, _ = make_loader(rows, cfg.train.eval_batch_size, collator(tokenizer), train=False,
-                            seed=cfg.seed, group_by_length=False)
-    logits, labels = predict_logits(model, accelerator.prepare(loader), accelerator)
-    return task.metrics(logits, labels)
 
 
 # ---------------------------------------------------------------------------- load a run
@@ -302,6 +295,7 @@ def evaluate_sft_run(loaded: LoadedRun, data: str | None, split: str) -> dict[st
     from accelerate import Accelerator
 
     cfg = loaded.cfg.model_copy(deep=True)
+    cfg.task.packing = False  # evaluation scores one example per row
     if data:
         cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
         cfg.data.validation_ratio = cfg.data.test_ratio = 0.0

@@ -12,7 +12,8 @@ from tunelab.errors import UserError
 
 
 def test_registry_entries() -> None:
-    assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "rotten_tomatoes_full"]
+    assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "rotten_tomatoes_full", "wordnet_instruct"]
+    assert get_builtin_dataset("wordnet_instruct").task == "sft"
     spec = get_builtin_dataset("rotten_tomatoes")
     assert spec.name == "rotten_tomatoes"
     assert (spec.text_column, spec.text_pair_column, spec.label_column) == ("text", None, "label")
@@ -28,6 +29,23 @@ def test_rotten_tomatoes_counts() -> None:
     assert len(train) == 4866
     assert Counter(train["label"][:]) == {"fresh": 2455, "rotten": 2411}
     assert all(isinstance(t, str) and t for t in train["text"][:])
+
+
+def test_wordnet_instruct_loads_held_out_by_word() -> None:
+    splits = get_builtin_dataset("wordnet_instruct").load()
+    assert {len(splits["train"]), len(splits["test"])} == {2000, 200}
+    assert {"instruction", "input", "output"} <= set(splits["train"].column_names)
+    assert not set(splits["train"]["word"]) & set(splits["test"]["word"])
+
+
+def test_classification_on_an_sft_dataset_is_refused(tmp_path) -> None:
+    from tunelab.config import build_config
+    from tunelab.tasks import get_task
+    from tunelab.tasks.classification import prepare_data
+
+    cfg = build_config(None, ["data.source=wordnet_instruct"])
+    with pytest.raises(UserError, match="made for task.name=sft"):
+        prepare_data(cfg, get_task("classification"))
 
 
 def test_rotten_tomatoes_full_counts() -> None:

@@ -1,0 +1,9 @@
+"""Compare finished runs: quality against cost, and which method to pick for a budget.
+
+:mod:`tunelab.compare.report` reads each run directory's ``results.json`` (test metrics, trainable
+parameters, peak memory, time, throughput) and the size of ``model/weights.safetensors``, marks the
+Pareto front (best metric for the cost), states the trade-off in numbers, and writes the comparison as a
+terminal table, markdown, CSV, JSON, matplotlib plots and one self-contained HTML report. Runs that
+failed are recorded with their error and left out of the comparison; runs that cannot be compared
+(different tasks or metrics) raise a one-line :class:`tunelab.errors.UserError`.
+"""
