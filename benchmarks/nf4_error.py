@@ -2,9 +2,9 @@
 """How far 4-bit quantisation moves MiniLM: the QLoRA base's error, before any training.
 
 QLoRA trains LoRA on top of a base whose linear weights were rounded to 4 bits, so its LoRA has to
-learn the task *and* work around that rounding. Dettmers et al. (2023, arXiv:2305.14314, sec. 4)
-show 4-bit NF4 + LoRA matching 16-bit on models of 125M parameters and up; how much the rounding
-costs on a 22M-parameter, 384-wide model is what this script measures, with the exact quantiser
+learn the task *and* work around that rounding. Dettmers et al. (2023, arXiv:2305.14314) evaluate
+4-bit NF4 + LoRA against 16-bit on models of 80M parameters and up; how much the rounding costs on
+a 22M-parameter, 384-wide model is what this script measures, with the exact quantiser
 QLoRA uses (``tunelab.methods.qlora.quantize_linear``, bitsandbytes, every linear layer outside
 the head, as ``method.name=qlora`` does by default):
 
