@@ -1,7 +1,7 @@
-"""The ``tunelab`` command: train, eval, predict, generate, chat, export, import-peft, methods.
+"""The ``tunelab`` command: train, compare, eval, predict, generate, chat, export, import-peft, methods.
 
 User mistakes print one line and exit with code 2 (``--debug`` shows the traceback). The last line
-``train`` prints is the run directory.
+``train`` prints is the run directory; the last line ``compare`` prints is the comparison folder.
 """
 
 from __future__ import annotations
@@ -84,6 +84,18 @@ def _print_summary(run_dir: Path) -> None:
 
 SUMMARY_METRICS = ("accuracy", "f1", "f1_macro", "auc_roc", "rmse", "mae", "r2",
                    "loss", "perplexity", "exact_match", "rouge_l", "bleu")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tunelab.compare.runner import run_compare
+
+    try:
+        run_compare(args.config, overwrite=args.overwrite, only=args.only, budget=args.budget)
+    except KeyboardInterrupt:
+        print(f"\ntunelab: interrupted; run tunelab compare {args.config} again to continue (finished runs are "
+              "skipped, the interrupted one resumes from its last checkpoint)", file=sys.stderr)
+        return 130
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -246,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its latest checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several methods on the same model, data and budget, then compare "
+                                       "them (table, plots, HTML report, recommendation)")
+    p.add_argument("config", metavar="COMPARE.yaml",
+                   help="compare file: base (shared run config), runs (methods and variants), budget, metric "
+                        "(see examples/compare-sentiment.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="redo runs that already finished or started")
+    p.add_argument("--only", nargs="+", metavar="LABEL", help="run (or with --overwrite redo) only these runs; "
+                                                             "the report still includes the others that finished")
+    p.add_argument("--budget", choices=("params", "memory", "time"),
+                   help="rank and recommend by this cost (default: the file's budget, else params)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help="evaluate a trained run on its test split or another labelled file")
     p.add_argument("run")

@@ -1,0 +1,394 @@
+"""The ``tunelab compare`` file: shared run settings, the runs to compare, and how to rank them.
+
+A compare file::
+
+    name: sentiment                  # folder under output_dir (default: the file's name without extension)
+    output_dir: runs
+    base:                            # run config keys every run shares: model, data, task, train, seed
+      model: {name_or_path: minilm}
+      train: {epochs: 2, batch_size: 32}
+    runs:
+      - full                         # a method name ...
+      - method: {name: lora, r: 16}  # ... or a mapping: method options, more methods, per-run overrides
+        set: {train.lr: 5.0e-4}
+      - {label: lora-bitfit, method: lora, extra_methods: [bitfit]}
+    budget: params                   # rank by params, memory or time
+    metric: accuracy                 # default by task
+    tolerance: 0.01
+
+:func:`load_compare` reads and checks the file; :func:`plan_runs` names every run, merges ``base`` with the
+run's method and overrides, and validates each run config exactly as ``tunelab train`` does (plus the
+method-composition and task x method checks that training would only make after loading). Every mistake is
+one :class:`~tunelab.errors.UserError` line before anything runs or is written.
+
+Same budget, same data: a run may not override ``seed``, ``train.epochs`` or ``train.max_steps`` (the
+budget), ``task.*`` (the task), ``model.*`` or the keys that choose the data and its test split; they come
+from ``base``, so every run trains as long, on the same rows, and is scored on the same test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunelab.config import RunConfig, read_yaml, to_yaml_dict, validate_config
+from tunelab.errors import UserError, did_you_mean, unknown
+from tunelab.methods import METHODS, check_composition
+
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+,=-]{0,99}$")
+"""Run labels and compare names become folder and file names: letters, digits and ``._+,=-``."""
+
+RUN_KEYS = ("method", "extra_methods", "name", "output_dir")
+"""Run config keys that ``base`` may not hold: each run brings its methods; the comparison names and places runs."""
+
+SAME_BUDGET = ("seed", "train.epochs", "train.max_steps")
+SAME_DATA = ("model", "data.source", "data.validation_file", "data.test_file", "data.validation_ratio",
+             "data.test_ratio", "data.split_seed", "data.max_train_samples")
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1", "precision", "recall",
+                       "auc_roc"),
+    "regression": ("rmse", "mae", "mse", "r2"),
+    "sft": ("loss", "perplexity", "rouge_l", "exact_match", "bleu"),
+}
+GENERATION_METRICS = ("rouge_l", "exact_match", "bleu")
+
+
+def _method_name(value: Any, where: str) -> str:
+    """The method a ``method``/``extra_methods`` entry names; unknown names get a "did you mean"."""
+    name = value.get("name") if isinstance(value, dict) else value
+    if not isinstance(value, (str, dict)) or not isinstance(name, str):
+        raise ValueError(f"{where} must be a method name (lora) or a mapping of its options with a name "
+                         f"({{name: lora, r: 16}})")
+    if name not in METHODS:
+        raise ValueError(str(unknown("method", name, METHODS)))
+    return name
+
+
+class RunSpec(BaseModel):
+    """One entry of ``runs``: a method name, or this mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(
+        None, description="Name of the run: its folder, log and report row (default: the method name plus the "
+                          "options that tell it apart from other runs of that method, e.g. lora-r16).")
+    method: Any = Field(description="The method: a name (lora) or a mapping of its options ({name: lora, r: 16}).")
+    extra_methods: list[Any] = Field(
+        default_factory=list,
+        description="More methods composed with `method` (names or mappings), as in a run config.")
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="This run's overrides of base keys, dotted (train.lr: 5.0e-4, "
+                                          "data.max_length: 128); seed, epochs, max_steps, task, model and data "
+                                          "split keys cannot differ between runs.")
+
+    @field_validator("method", mode="after")
+    @classmethod
+    def _known_method(cls, value: Any) -> Any:
+        _method_name(value, "method")
+        return value
+
+    @field_validator("extra_methods", mode="after")
+    @classmethod
+    def _known_extra(cls, value: list[Any]) -> list[Any]:
+        for item in value:
+            _method_name(item, "each extra method")
+        return value
+
+    @field_validator("label", mode="after")
+    @classmethod
+    def _safe_label(cls, value: str | None) -> str | None:
+        if value is not None and not LABEL_PATTERN.match(value):
+            raise ValueError("a label names a folder: use letters, digits and ._+,=- (up to 100, no spaces or "
+                             "slashes)")
+        return value
+
+    @property
+    def methods(self) -> list[str]:
+        """Method names, primary first."""
+        return [_method_name(m, "method") for m in (self.method, *self.extra_methods)]
+
+
+class CompareConfig(BaseModel):
+    """What ``tunelab compare CONFIG`` reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        None, description="Folder of the comparison under output_dir (default: the compare file's name "
+                          "without extension).")
+    output_dir: str = Field("runs", description="Folder that holds comparison folders.")
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="Run config keys every run shares: model, data, task, train, seed "
+                                          "(not method, extra_methods, name or output_dir).")
+    runs: list[RunSpec] = Field(
+        min_length=1, description="The runs, in order: method names, or mappings with label, method, "
+                                  "extra_methods and set.")
+    budget: Literal["params", "memory", "time"] = Field(
+        "params", description="Cost the recommendation minimises: trainable parameters, peak memory or "
+                              "training time.")
+    metric: str | None = Field(
+        None, description="Test metric to compare (default by task: accuracy, rmse; sft: rouge_l when "
+                          "generations are scored, else loss).")
+    tolerance: float = Field(
+        0.01, ge=0, lt=1, description="A cheaper run is recommended when its metric is within this fraction "
+                                      "of the best run's.")
+
+    @field_validator("base", "runs", mode="before")
+    @classmethod
+    def _empty(cls, value: Any, info: Any) -> Any:
+        """An empty YAML key (``base:``) reads as null: no shared keys, or no runs."""
+        if value is None:
+            return {} if info.field_name == "base" else []
+        if info.field_name == "runs" and isinstance(value, list):
+            return [{"method": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("base", mode="after")
+    @classmethod
+    def _no_run_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        given = next((k for k in RUN_KEYS if k in value), None)
+        if given in ("method", "extra_methods"):
+            raise ValueError(f"'{given}' cannot be shared: give each run its methods (runs: [lora, bitfit], or "
+                             "method and extra_methods in a run)")
+        if given:
+            raise ValueError(f"'{given}' cannot be shared: each run goes to <output_dir>/<name>/runs/<label>; "
+                             "set name and output_dir at the top of the compare file")
+        return value
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not LABEL_PATTERN.match(value):
+            raise ValueError("the name is a folder: use letters, digits and ._+,=- (no spaces or slashes)")
+        return value
+
+
+# ---------------------------------------------------------------------------- reading
+
+def load_compare(path: str | Path) -> CompareConfig:
+    """Read and check a compare file; ``name`` defaults to the file's stem."""
+    data = read_yaml(path)
+    try:
+        cfg = CompareConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_explain(e)) from None
+    if cfg.name is None:
+        stem = Path(path).stem
+        if not LABEL_PATTERN.match(stem):
+            raise UserError(f"compare file name '{stem}' cannot name a folder; set name: in the file")
+        cfg.name = stem
+    return cfg
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """``("runs", 2, "method")`` -> ``runs[2].method``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _explain(err: ValidationError) -> str:
+    """pydantic's first error as one line: key, problem, what is accepted (a misspelt key before the missing
+    one it was meant to be)."""
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(first["loc"])
+    where, kind = _where(loc), first["type"]
+    if loc == ("runs",) and kind in ("missing", "too_short"):
+        return ("compare config key 'runs': no runs to compare; list at least one method, "
+                "e.g. runs: [lora, bitfit]")
+    if kind == "extra_forbidden":
+        model = RunSpec if loc[0] == "runs" else CompareConfig
+        allowed = sorted(model.model_fields)
+        return (f"unknown compare config key '{where}'{did_you_mean(str(loc[-1]), allowed)}; accepted"
+                f"{' in a run' if model is RunSpec else ''}: {', '.join(allowed)}")
+    value = first.get("input")
+    shown = "" if kind == "value_error" or isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"compare config key '{where}': {first['msg'].removeprefix('Value error, ')}{shown}"
+
+
+# ---------------------------------------------------------------------------- planning
+
+@dataclass
+class PlannedRun:
+    """One run of a comparison: its label and its validated run config."""
+
+    label: str
+    config: RunConfig
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The resolved run config as plain data (what ``<run>/config.yaml`` holds)."""
+        return to_yaml_dict(self.config)
+
+    @property
+    def methods(self) -> list[str]:
+        return [m.name for m in self.config.methods()]
+
+
+def compare_dir(cfg: CompareConfig) -> Path:
+    """``<output_dir>/<name>``: configs/, runs/, logs/ and the reports."""
+    return Path(cfg.output_dir) / str(cfg.name)
+
+
+def plan_runs(cfg: CompareConfig, out_dir: str | Path) -> list[PlannedRun]:
+    """Label, merge and validate every run (run directories go under ``out_dir/runs``); nothing is written."""
+    _check_base(cfg.base)
+    sets = [flatten(spec.set) for spec in cfg.runs]
+    for i, flat in enumerate(sets):
+        for key in flat:
+            check_set_key(i, key)
+    labels = run_labels(cfg.runs, sets)
+    runs = [PlannedRun(label, _validate_run(label, merged_config(cfg.base, spec, flat), Path(out_dir)))
+            for label, spec, flat in zip(labels, cfg.runs, sets)]
+    check_metric(cfg.metric, runs[0].config)
+    return runs
+
+
+def _check_base(base: dict[str, Any]) -> None:
+    """``base`` alone must be a valid run config (its mistakes are reported as base's, once)."""
+    try:
+        validate_config(base)
+    except UserError as e:
+        raise UserError(f"compare config 'base': {e}") from None
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{train: {lr: 1}}`` and ``{train.lr: 1}`` both become ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _covers(key: str, prefixes: tuple[str, ...]) -> str | None:
+    return next((p for p in prefixes if key == p or key.startswith(p + ".")), None)
+
+
+def check_set_key(index: int, key: str) -> None:
+    """Refuse per-run overrides that would make the runs incomparable (or that have their own run key)."""
+    where = f"compare config key 'runs[{index}].set'"
+    if _covers(key, SAME_BUDGET):
+        raise UserError(f"{where}: '{key}' cannot differ between runs: it would break the same-budget comparison "
+                        "(every run trains the same epochs or steps with the same seed); set it in base")
+    if _covers(key, ("task",)):
+        raise UserError(f"{where}: '{key}' cannot differ between runs: every run must solve the same task "
+                        "to be compared; set task options in base")
+    if _covers(key, SAME_DATA):
+        raise UserError(f"{where}: '{key}' cannot differ between runs: every run must use the same base model, "
+                        "training rows and test split; set it in base")
+    if _covers(key, ("method", "extra_methods")):
+        raise UserError(f"{where}: '{key}': give a run's methods and their options with its method and "
+                        "extra_methods keys (method: {name: lora, r: 16})")
+    if _covers(key, ("name", "output_dir")):
+        raise UserError(f"{where}: '{key}': the comparison names and places each run itself; use the run's "
+                        "label to name it")
+
+
+def merged_config(base: dict[str, Any], spec: RunSpec, flat_set: dict[str, Any]) -> dict[str, Any]:
+    """``base`` + the run's methods + its dotted overrides, as plain run config data."""
+    data = copy.deepcopy(base)
+    data["method"] = copy.deepcopy(spec.method)
+    if spec.extra_methods:
+        data["extra_methods"] = copy.deepcopy(spec.extra_methods)
+    for key, value in flat_set.items():
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"compare config: cannot set '{key}': '{part}' in base is not a section")
+            node = child
+        node[parts[-1]] = copy.deepcopy(value)
+    return data
+
+
+def _validate_run(label: str, data: dict[str, Any], out_dir: Path) -> RunConfig:
+    """The run config as ``tunelab train`` will read it, plus the checks training makes after loading."""
+    from tunelab.pipeline import check_task_methods
+
+    try:
+        cfg = validate_config({**data, "name": label, "output_dir": str(out_dir / "runs")})
+        check_composition(cfg.methods())
+        check_task_methods(cfg)
+    except UserError as e:
+        raise UserError(f"run '{label}': {e}") from None
+    return cfg
+
+
+def check_metric(metric: str | None, cfg: RunConfig) -> None:
+    """A chosen metric must be one the task reports (generation metrics need ``task.eval_generate``)."""
+    if metric is None:
+        return
+    task = cfg.task.name
+    accepted = TASK_METRICS[task]
+    if metric not in accepted:
+        raise UserError(f"compare config key 'metric': {task} runs do not report '{metric}'"
+                        f"{did_you_mean(metric, accepted)}; accepted: {', '.join(accepted)}")
+    if metric in GENERATION_METRICS and not getattr(cfg.task, "eval_generate", 0):
+        raise UserError(f"compare config key 'metric': '{metric}' scores generations; set base task.eval_generate "
+                        "to the number of test prompts to generate for")
+
+
+# ---------------------------------------------------------------------------- labels
+
+def run_labels(specs: list[RunSpec], sets: list[dict[str, Any]]) -> list[str]:
+    """Given labels, else the method names (``lora+bitfit``) plus the options that set a run apart from
+    the other runs of the same methods (``lora-r16``, ``lora-lr0.0005``); duplicates are refused."""
+    bases = ["+".join(spec.methods) for spec in specs]
+    options = [_options(spec, flat) for spec, flat in zip(specs, sets)]
+    labels = []
+    for spec, base, opts in zip(specs, bases, options):
+        if spec.label:
+            labels.append(spec.label)
+            continue
+        group = [o for b, o in zip(bases, options) if b == base]
+        keys = [k for k in dict.fromkeys(k for o in group for k in o)
+                if len({_canonical(o.get(k, _MISSING)) for o in group}) > 1]
+        labels.append("-".join([base, *(_label_part(k, opts[k]) for k in keys if k in opts)]))
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if label in seen:
+            raise UserError(f"compare config: runs[{seen[label]}] and runs[{i}] are both labelled '{label}'; "
+                            "give them distinct label: keys (or different options)")
+        seen[label] = i
+    return labels
+
+
+_MISSING = object()
+
+
+def _options(spec: RunSpec, flat_set: dict[str, Any]) -> dict[str, Any]:
+    """The options a run gives: method options by name, overrides by their last key (``train.lr`` -> lr)."""
+    method = spec.method if isinstance(spec.method, dict) else {}
+    opts = {k: v for k, v in method.items() if k != "name"}
+    opts.update({key.rsplit(".", 1)[-1]: value for key, value in flat_set.items()})
+    return opts
+
+
+def _canonical(value: Any) -> str:
+    return "<default>" if value is _MISSING else json.dumps(value, sort_keys=True, default=str)
+
+
+def _label_part(key: str, value: Any) -> str:
+    """``r16``, ``lr0.0005``, ``use_dora``, ``no-use_dora``, ``target_modules-all-linear``."""
+    if isinstance(value, bool):
+        text = key if value else f"no-{key}"
+    elif isinstance(value, (int, float)):
+        text = f"{key}{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = f"{key}-{','.join(str(v) for v in value)}"
+    else:
+        text = f"{key}-{value}"
+    return re.sub(r"[^A-Za-z0-9._+,=-]", "_", text)

@@ -1,0 +1,243 @@
+"""``tunelab compare CONFIG``: train every run of a compare file, one after another, then report.
+
+Layout of ``<output_dir>/<name>/``: ``compare.yaml`` (the compare file as read), ``configs/<label>.yaml``
+(each run's full config), ``runs/<label>/`` (ordinary run directories), ``logs/<label>.log`` (each run's
+stdout and stderr) and the reports of :func:`tunelab.compare.report.write_reports`.
+
+Each run is its own ``python -m tunelab train`` process, so its peak memory is its own and a crash ends
+only that run: a nonzero exit is recorded as a failed run with the error it printed, and the comparison
+goes on. Rerunning is cheap: a finished run (``results.json``) is skipped, an interrupted one continues
+from its latest checkpoint (``tunelab train --resume``), one that stopped before its first checkpoint
+starts over. A run whose directory was made from a different config is refused before anything runs
+(``--overwrite`` redoes runs; ``--only LABEL ...`` limits which runs are run or redone).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from tunelab.compare.config import CompareConfig, PlannedRun, compare_dir, load_compare, plan_runs
+from tunelab.compare.report import (
+    RunSummary,
+    check_budget,
+    check_comparable,
+    recommend,
+    rich_table,
+    summarize_run,
+    write_reports,
+)
+from tunelab.errors import UserError, unknown
+
+FINISHED, INTERRUPTED, PARTIAL, NEW = "finished", "interrupted", "partial", "new"
+IGNORED_KEYS = ("output_dir",)
+"""Config keys a rerun may change without redoing a run (the folder may be reached by another path)."""
+INTERRUPT_GRACE_S = 60
+"""How long an interrupted training process gets to exit on its own before it is killed."""
+
+
+def run_compare(path: str | Path, *, overwrite: bool = False, only: Sequence[str] | None = None,
+                budget: str | None = None, stream: TextIO | None = None) -> Path:
+    """Check everything, train what is not finished, write the reports; return the comparison folder."""
+    out = stream or sys.stdout
+    cfg = load_compare(path)
+    budget = check_budget(budget or cfg.budget)
+    root = compare_dir(cfg)
+    plan = plan_runs(cfg, root)
+    selected = select_runs(plan, only)
+    check_existing(plan, root, redo=selected if overwrite else set())
+    write_plan(cfg, plan, root)
+    summaries = []
+    for i, run in enumerate(plan, 1):
+        summary = execute(run, root, f"[{i}/{len(plan)}] {run.label}:", metric=cfg.metric,
+                          in_scope=run.label in selected, redo=overwrite, out=out)
+        if summary is not None:
+            summaries.append(summary)
+    report(summaries, root, budget, cfg.tolerance, out)
+    return root
+
+
+def select_runs(plan: list[PlannedRun], only: Sequence[str] | None) -> set[str]:
+    """Labels to run: all, or those named by ``--only`` (unknown labels are refused)."""
+    labels = [run.label for run in plan]
+    for label in only or []:
+        if label not in labels:
+            raise unknown("run label in --only", label, labels)
+    return set(only) if only else set(labels)
+
+
+# ---------------------------------------------------------------------------- state of a run
+
+def run_dir(root: Path, label: str) -> Path:
+    return root / "runs" / label
+
+
+def run_state(path: Path) -> str:
+    """finished (results.json), interrupted (a checkpoint to resume), partial (neither) or new (no folder)."""
+    from tunelab.train.checkpoint import latest_checkpoint
+
+    if (path / "results.json").is_file():
+        return FINISHED
+    if latest_checkpoint(path / "checkpoints") is not None:
+        return INTERRUPTED
+    return PARTIAL if path.exists() else NEW
+
+
+def config_difference(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> str | None:
+    """The first key whose value differs, as ``key: old -> new`` (``None`` when the configs agree)."""
+    for key in dict.fromkeys([*saved, *wanted]):
+        dotted = f"{prefix}{key}"
+        if dotted in IGNORED_KEYS:
+            continue
+        old, new = saved.get(key), wanted.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found = config_difference(old, new, dotted + ".")
+            if found:
+                return found
+        elif old != new:
+            return f"{dotted}: {old!r} -> {new!r}"
+    return None
+
+
+def check_existing(plan: list[PlannedRun], root: Path, redo: set[str]) -> None:
+    """Refuse to skip or resume a run whose folder was made from another config (runs in ``redo`` start over)."""
+    for run in plan:
+        path = run_dir(root, run.label)
+        if run.label in redo or run_state(path) not in (FINISHED, INTERRUPTED) or not (path / "config.yaml").is_file():
+            continue
+        saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        wanted = yaml.safe_load(yaml.safe_dump(run.data, sort_keys=False))  # as the run directory stores it
+        diff = config_difference(saved, wanted)
+        if diff:
+            raise UserError(f"run '{run.label}' in {path} was made with a different config ({diff}); rerun with "
+                            f"--overwrite to redo every run, or --overwrite --only {run.label} to redo this one")
+
+
+def write_plan(cfg: CompareConfig, plan: list[PlannedRun], root: Path) -> None:
+    """``compare.yaml`` and ``configs/<label>.yaml`` (what each ``tunelab train`` reads)."""
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "compare.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    for run in plan:
+        (root / "configs" / f"{run.label}.yaml").write_text(yaml.safe_dump(run.data, sort_keys=False))
+
+
+# ---------------------------------------------------------------------------- running
+
+def execute(run: PlannedRun, root: Path, head: str, *, metric: str | None, in_scope: bool, redo: bool,
+            out: TextIO) -> RunSummary | None:
+    """Skip, resume or (re)start one run and print one progress line; ``None`` when left out by ``--only``."""
+    path = run_dir(root, run.label)
+    state = run_state(path)
+    if not in_scope or (state == FINISHED and not redo):
+        if state != FINISHED:
+            _say(out, f"{head} not in --only and not finished, left out")
+            return None
+        summary = summarize_run(run.label, path, metric)
+        _say(out, f"{head} finished earlier, {'skipped' if in_scope else 'kept'} ({_score(summary)})")
+        return summary
+    resume = state == INTERRUPTED and not redo
+    if not resume and path.exists():
+        shutil.rmtree(path)
+    if resume:
+        from tunelab.train.checkpoint import latest_checkpoint
+
+        step = latest_checkpoint(path / "checkpoints").name.split("-")[-1]
+        action, cmd = f"resuming from step {step}", ["--resume", str(path)]
+    else:
+        action, cmd = "training", [str(root / "configs" / f"{run.label}.yaml")]
+    _say(out, f"{head} {action} ...", end=" ")
+    log = root / "logs" / f"{run.label}.log"
+    started = time.monotonic()
+    code, output = run_logged([sys.executable, "-m", "tunelab", "train", *cmd], log, append=resume)
+    took = _seconds(time.monotonic() - started)
+    if code != 0:
+        summary = RunSummary.failed(run.label, path, f"{failure_message(output, code)} (log: {log})")
+        _say(out, f"failed after {took}: {summary.error}")
+        return summary
+    summary = summarize_run(run.label, path, metric)
+    _say(out, f"done in {took}, {_score(summary)}" if summary.ok else f"failed after {took}: {summary.error}")
+    return summary
+
+
+def run_logged(cmd: list[str], log: Path, *, append: bool) -> tuple[int, str]:
+    """Run ``cmd`` with stdout and stderr (unbuffered, in order) going to ``log``; return (exit code, output)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("ab" if append else "wb") as f:
+        f.write(f"$ {shlex.join(cmd)}\n".encode())
+        f.flush()
+        start = f.tell()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            stop(proc)
+            raise
+    with log.open("rb") as f:
+        f.seek(start)
+        return code, f.read().decode("utf-8", errors="replace")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Let an interrupted training save and exit (it got the terminal's Ctrl-C too); kill it if it will not."""
+    try:
+        proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=INTERRUPT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def failure_message(output: str, code: int) -> str:
+    """The last ``tunelab:`` line a failed run printed (its one-line error), else its last line."""
+    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
+    tagged = [line for line in lines if line.startswith("tunelab:")]
+    if tagged:
+        return tagged[-1].removeprefix("tunelab:").strip().removeprefix("error:").strip()
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        return f"killed by {name}" + (f" after: {lines[-1].strip()}" if lines else "")
+    return lines[-1].strip() if lines else f"exited with code {code} and printed nothing"
+
+
+# ---------------------------------------------------------------------------- report
+
+def report(summaries: list[RunSummary], root: Path, budget: str, tolerance: float, out: TextIO) -> None:
+    """Write the report files, print the table and the recommendation; the last line is the folder."""
+    from rich.console import Console
+
+    if not summaries:
+        raise UserError("nothing to compare: none of the runs has finished (run them without --only)")
+    check_comparable(summaries)
+    paths = write_reports(summaries, root, budget, tolerance)
+    Console(file=out).print(rich_table(summaries, budget))
+    print(recommend(summaries, budget, tolerance), file=out)
+    print(f"report: {paths['html']}", file=out)
+    print(root, file=out, flush=True)
+
+
+def _say(out: TextIO, text: str, end: str = "\n") -> None:
+    print(text, end=end, file=out, flush=True)
+
+
+def _score(summary: RunSummary) -> str:
+    if not summary.ok:
+        return f"failed: {summary.error}"
+    return f"{summary.metric} {summary.value:.4f}" if summary.value is not None else f"no test {summary.metric}"
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.0f} s" if x >= 10 else f"{x:.1f} s"
