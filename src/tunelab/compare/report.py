@@ -292,6 +292,10 @@ def recommend(summaries: Sequence[RunSummary], budget: str, tolerance: float = D
         lines.append(trade_off(pick, best))
     if full is not None and full is not pick and full is not best:
         lines.append(trade_off(pick, full))
+    ref = full or best
+    others = [s for s in order if s.label in front and s is not pick and s is not ref]
+    if others:
+        lines.append("Other Pareto-front trade-offs: " + " ".join(trade_off(s, ref) for s in others))
     listed = [f"{i}. {s.label}: {_fmt_cost(s, budget)}, {metric} {_fmt_value(s.value)}"
               for i, s in enumerate(order, 1)]
     lines.append(f"Ranked by {words}, cheapest first: " + "; ".join(listed) + ".")
