@@ -225,3 +225,12 @@ def test_chat_streams_and_keeps_history(lora_run) -> None:
     proc = run_cli("chat", str(lora_run), "--max-new-tokens", "4", input_text="hello\nagain\n/reset\n/exit\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("bot> ") == 2 and "(history cleared)" in proc.stdout
+
+
+def test_examples_that_do_not_fit_are_dropped_and_reported(tiny_llama_dir, alpaca_jsonl, tmp_path, capsys) -> None:
+    args = sft_args(tiny_llama_dir, alpaca_jsonl, tmp_path, "drop", **{
+        "task.truncation": "drop", "data.max_length": 56, "task.eval_generate": 0, "task.eval_baseline": "false"})
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "left out" in err and "train" in err and "data.max_length=56" in err
+    assert results(tmp_path / "drop")["train_samples"] < 32

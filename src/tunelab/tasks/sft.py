@@ -16,6 +16,7 @@ changed.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,6 +101,10 @@ class SFTTask:
             splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
         fmt, convs = self.read_conversations(splits, d.text_column or "text")
         rows, dropped = self.prepare_rows(convs, tokenizer, template, d.max_length)
+        if any(dropped.values()):
+            counts = ", ".join(f"{n} {split}" for split, n in dropped.items() if n)
+            print(f"tunelab: left out {counts} example(s) that do not fit data.max_length={d.max_length} "
+                  f"(task.truncation={self.cfg.truncation}) or have no response tokens left", file=sys.stderr)
         return SFTData(convs, rows, template, fmt, dropped)
 
     def collators(self, cfg: Any, tokenizer: Any, model: nn.Module) -> tuple[Any, Any]:
@@ -120,7 +125,8 @@ class SFTTask:
         samples: list[dict[str, str]] = []
         convs = [c for c in data.conversations[split] if not c.is_text][: self.cfg.eval_generate]
         if convs:
-            samples = self.generate_samples(model, tokenizer, data.template, convs, cfg.train.eval_batch_size)
+            samples = self.generate_samples(accelerator.unwrap_model(model), tokenizer, data.template, convs,
+                                            cfg.train.eval_batch_size)  # a DDP wrapper has no generate()
             from tunelab.tasks.text_metrics import generation_metrics
 
             metrics.update(generation_metrics([s["generation"] for s in samples], [s["reference"] for s in samples]))
