@@ -24,7 +24,7 @@ from tunelab.data.columns import require_columns
 from tunelab.data.labels import LabelMap
 from tunelab.data.readers import load_source
 from tunelab.errors import UserError
-from tunelab.methods import apply_methods, count_parameters
+from tunelab.methods import VIRTUAL_TOKEN_METHODS, apply_methods, count_parameters
 from tunelab.models.loading import fingerprint, load_tokenizer, resolve_model
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import Task, get_task
@@ -33,9 +33,6 @@ from tunelab.tasks.classification import padding_collator as collator
 from tunelab.tasks.sft import SFTTask, ensure_pad_token
 from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
 from tunelab.train.engine import Trainer, make_loader, predict_logits
-
-VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning", "ptuning_v2")
-
 
 # ---------------------------------------------------------------------------- data
 

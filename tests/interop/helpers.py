@@ -46,3 +46,31 @@ def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def adapter_config(folder: Path) -> dict:
     return json.loads((folder / "adapter_config.json").read_text())
+
+
+def export_runs(make_run, out: Path, names) -> dict[str, tuple[Path, Path]]:
+    """name -> (run, adapter folder): each run of ``names`` exported to ``out/<name>`` through the CLI."""
+    from tunelab.cli import main
+
+    folders = {}
+    for name in names:
+        run = make_run(name)
+        assert main(["export", str(run), "--format", "peft", "--out", str(out / name)]) == 0
+        folders[name] = (run, out / name)
+    return folders
+
+
+def assert_reexport_identical(folder: Path, run: Path, out: Path, config_keys: tuple[str, ...]) -> dict:
+    """Export the imported ``run`` again to ``out``: the same tensors and ``config_keys`` as the
+    peft folder it came from; returns the new adapter config."""
+    from tunelab.cli import main
+
+    assert main(["export", str(run), "--format", "peft", "--out", str(out)]) == 0
+    theirs, ours = adapter_tensors(folder), adapter_tensors(out)
+    assert theirs.keys() == ours.keys()
+    for key in theirs:
+        assert theirs[key].shape == ours[key].shape and torch.equal(theirs[key], ours[key]), key
+    before, after = adapter_config(folder), adapter_config(out)
+    for key in config_keys:
+        assert before.get(key) == after.get(key), key
+    return after

@@ -9,7 +9,7 @@ from tunelab.cli import main
 from tunelab.methods.lora import LoRALinear
 from tunelab.pipeline import load_run
 
-from .helpers import adapter_config, adapter_tensors, logits, peft_model, run_logits
+from .helpers import adapter_config, adapter_tensors, export_runs, logits, peft_model, run_logits
 
 PEFT_RUNS = ["lora", "lora_rs_pattern", "lora_layers", "dora", "ia3"]
 
@@ -32,13 +32,7 @@ def assert_adapter_is_not_trivial(name: str, run) -> None:
 @pytest.fixture(scope="module")
 def exported(make_run, tmp_path_factory):
     """name -> (run, exported adapter folder), exported through the CLI."""
-    out = tmp_path_factory.mktemp("peft-exports")
-    folders = {}
-    for name in PEFT_RUNS:
-        run = make_run(name)
-        assert main(["export", str(run), "--format", "peft", "--out", str(out / name)]) == 0
-        folders[name] = (run, out / name)
-    return folders
+    return export_runs(make_run, tmp_path_factory.mktemp("peft-exports"), PEFT_RUNS)
 
 
 @pytest.mark.parametrize("name", PEFT_RUNS)

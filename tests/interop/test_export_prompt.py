@@ -15,7 +15,15 @@ from safetensors.torch import load_file
 from tunelab.cli import main
 from tunelab.pipeline import load_run
 
-from .helpers import adapter_config, adapter_tensors, logits, peft_model, run_logits
+from .helpers import (
+    adapter_config,
+    adapter_tensors,
+    assert_reexport_identical,
+    export_runs,
+    logits,
+    peft_model,
+    run_logits,
+)
 from .test_errors import edited, error_of
 
 PROMPT_RUNS = ["prompt_tuning", "prefix_tuning", "ptuning_v2"]
@@ -41,13 +49,7 @@ def run_weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def exported(make_run, tmp_path_factory):
     """name -> (run, exported adapter folder), exported through the CLI."""
-    out = tmp_path_factory.mktemp("peft-prompt-exports")
-    folders = {}
-    for name in PROMPT_RUNS:
-        run = make_run(name)
-        assert main(["export", str(run), "--format", "peft", "--out", str(out / name)]) == 0
-        folders[name] = (run, out / name)
-    return folders
+    return export_runs(make_run, tmp_path_factory.mktemp("peft-prompt-exports"), PROMPT_RUNS)
 
 
 @pytest.mark.parametrize("name", PROMPT_RUNS)
@@ -177,15 +179,9 @@ def test_imported_config_is_the_equivalent_method(imported):
 @pytest.mark.parametrize("kind", ["prompt", "prefix", "prefix_projection"])
 def test_round_trip_peft_tunelab_peft_gives_identical_tensors(kind, imported, tmp_path):
     folder, run = imported[kind]
-    assert main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "out")]) == 0
-    theirs, ours = adapter_tensors(folder), adapter_tensors(tmp_path / "out")
-    assert theirs.keys() == ours.keys()
-    for key in theirs:
-        assert torch.equal(theirs[key], ours[key]), key
-    before, after = adapter_config(folder), adapter_config(tmp_path / "out")
-    for key in ("peft_type", "num_virtual_tokens", "token_dim", "num_layers", "num_attention_heads",
-                "num_transformer_submodules", "prompt_tuning_init"):
-        assert before.get(key) == after.get(key), key
+    after = assert_reexport_identical(folder, run, tmp_path / "out", (
+        "peft_type", "num_virtual_tokens", "token_dim", "num_layers", "num_attention_heads",
+        "num_transformer_submodules", "prompt_tuning_init"))
     assert after.get("prefix_projection") in (None, False)
 
 

@@ -10,7 +10,14 @@ import yaml
 
 from tunelab.cli import main
 
-from .helpers import TEXTS, adapter_config, adapter_tensors, batch, logits, peft_model, run_logits
+from .helpers import (
+    TEXTS,
+    assert_reexport_identical,
+    batch,
+    logits,
+    peft_model,
+    run_logits,
+)
 
 
 def peft_configs():
@@ -107,15 +114,9 @@ def test_imported_config_is_the_equivalent_method(imported):
 @pytest.mark.parametrize("kind", ["lora", "dora", "lora_regex_layers", "lora_layers", "ia3"])
 def test_round_trip_peft_tunelab_peft_gives_identical_tensors(kind, imported, tmp_path):
     folder, run = imported[kind]
-    assert main(["export", str(run), "--format", "peft", "--out", str(tmp_path / "out")]) == 0
-    theirs, ours = adapter_tensors(folder), adapter_tensors(tmp_path / "out")
-    assert theirs.keys() == ours.keys()
-    for key in theirs:
-        assert theirs[key].shape == ours[key].shape and torch.equal(theirs[key], ours[key]), key
-    before, after = adapter_config(folder), adapter_config(tmp_path / "out")
-    for key in ("peft_type", "r", "lora_alpha", "use_dora", "use_rslora", "rank_pattern", "alpha_pattern",
-                "feedforward_modules"):
-        assert before.get(key) == after.get(key), key
+    assert_reexport_identical(folder, run, tmp_path / "out", (
+        "peft_type", "r", "lora_alpha", "use_dora", "use_rslora", "rank_pattern", "alpha_pattern",
+        "feedforward_modules"))
 
 
 def test_labels_default_to_ids_and_regression_head(tiny_bert_dir, tmp_path):

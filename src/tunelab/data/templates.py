@@ -134,16 +134,18 @@ def adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def tokenize(rendered: Rendered, tokenizer: Any, *, train_on_prompt: bool, template: Template) -> dict[str, list[int]]:
+def tokenize(rendered: Rendered, tokenizer: Any, *, train_on_prompt: bool, template: Template,
+             add_bos: bool | None = None) -> dict[str, list[int]]:
     """``input_ids`` and ``labels``: a token is trained when its first character lies in a span.
 
-    Chat templates write their own BOS (if any); for the others the tokenizer's usual BOS is added.
+    Chat templates write their own BOS (if any); for the others the tokenizer's usual BOS is added
+    (``add_bos``: :func:`adds_bos`, worked out here unless the caller did so once for many rows).
     """
     enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
     trained = [any(a <= start < b for a, b in rendered.spans) for start, _ in offsets]
     labels = [t if (train_on_prompt or keep) else IGNORE for t, keep in zip(ids, trained)]
-    if template.kind != "chat" and adds_bos(tokenizer):
+    if template.kind != "chat" and (adds_bos(tokenizer) if add_bos is None else add_bos):
         ids, labels = [tokenizer.bos_token_id, *ids], [IGNORE, *labels]
     return {"input_ids": ids, "labels": labels}
 

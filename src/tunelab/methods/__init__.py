@@ -37,6 +37,8 @@ def get_method(name: str) -> MethodSpec:
 
 LINEAR_REWRAPPERS = ("lora", "qlora", "ia3")
 """Methods that replace the same Linear modules with their own wrapper: at most one per model."""
+VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning", "ptuning_v2")
+"""Methods that put virtual tokens in front of every row (they need a 2-D attention mask)."""
 
 
 def check_composition(configs: list[MethodConfig]) -> None:

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from tunelab.data.conversations import FORMATS, Conversation, detect_format, required_columns, to_conversation
 from tunelab.data.packing import PackedCollator, pack
-from tunelab.data.templates import IGNORE, Template, tokenize, truncate
+from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncate
 from tunelab.errors import UserError
 from tunelab.models.loading import hub_kwargs
 
@@ -169,9 +169,11 @@ class SFTTask:
                *, packed: bool) -> tuple[list[dict[str, Any]], int]:
         """Token rows of one split (packed when asked) and how many examples were dropped."""
         rows, dropped = [], 0
+        bos = adds_bos(tokenizer)  # once, not per row
         for conv in convs:
             example = tokenize(template.render(conv, tokenizer), tokenizer,
-                               train_on_prompt=self.cfg.train_on_prompt or conv.is_text, template=template)
+                               train_on_prompt=self.cfg.train_on_prompt or conv.is_text, template=template,
+                               add_bos=bos)
             fitted = truncate(example, max_length, self.cfg.truncation)
             if fitted is None:
                 dropped += 1
