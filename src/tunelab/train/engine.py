@@ -275,9 +275,9 @@ class Trainer:
         t0, micro = time.perf_counter(), 0
         device = acc.device
         for batch in batches:
+            tokens = batch_tokens(batch, batch.pop("num_tokens", None))  # on the CPU batch: no device sync
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             rows = batch.pop("row_index", None)
-            counted = batch.pop("num_tokens", None)
             if self.trunk is not None:
                 with self.trunk.active(rows, batch["attention_mask"]):
                     out = model(**batch)
@@ -290,7 +290,7 @@ class Trainer:
             micro += 1
             st.batches_in_epoch += 1
             st.train_samples += batch["input_ids"].shape[0] * acc.num_processes
-            st.train_tokens += batch_tokens(batch, counted) * acc.num_processes
+            st.train_tokens += tokens * acc.num_processes
             last = st.batches_in_epoch >= self.batches.batches_per_epoch()
             if micro % cfg.grad_accum and not last:
                 continue  # accumulate; the epoch's last batch always ends with a step
