@@ -113,7 +113,7 @@ def token_stats(a: argparse.Namespace) -> dict[str, Any]:
     from tunelab.config import build_config
     from tunelab.data.batching import EpochShuffleSampler, LengthGroupedSampler
     from tunelab.models.loading import load_tokenizer, resolve_model
-    from tunelab.pipeline import prepare_data
+    from tunelab.tasks.classification import prepare_data
     from tunelab.tasks import get_task
     from transformers.utils import logging as hf_logging
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The peer of tunelab's LoRA run: Hugging Face ``transformers.Trainer`` + ``peft`` LoRA.
 
-It trains on exactly the rows tunelab uses (``tunelab.pipeline.prepare_data`` with the same data
+It trains on exactly the rows tunelab uses (``tunelab.tasks.classification.prepare_data`` with the same data
 settings) and with the same hyperparameters, given on the command line, then evaluates once on the
 test split and writes one JSON file (``--out``):
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunelab.config import build_config
     from tunelab.models.loading import resolve_model
-    from tunelab.pipeline import prepare_data
+    from tunelab.tasks.classification import prepare_data
     from tunelab.tasks import get_task
 
     # ---------------------------------------------------------------- data: tunelab's own splits

@@ -66,7 +66,7 @@ def _print_summary(run_dir: Path) -> None:
     for col in ("metric", "value"):
         table.add_column(col)
     before = results.get("baseline") or {}
-    for key in SUMMARY_METRICS:
+    for key in _summary_metrics(results.get("task")):
         value = results["test"].get(key)
         if isinstance(value, float):
             was = before.get(key)
@@ -75,15 +75,20 @@ def _print_summary(run_dir: Path) -> None:
     p = results["params"]
     table.add_row("trainable params", f"{p['trainable']:,} / {p['total']:,} ({p['trainable_percent']:.3f}%)")
     speed = f"{results['samples_per_second']:.1f} samples/s"
-    if results.get("task") == "sft":
+    if results.get("tokens_per_second"):
         speed += f", {results.get('tokens_per_second', 0):.0f} tokens/s"
     table.add_row("train time", f"{results['train_seconds']:.1f} s ({speed})")
     table.add_row("peak memory", f"{results['peak_memory_mb']:.0f} MB")
     Console(stderr=False).print(table)
 
 
-SUMMARY_METRICS = ("accuracy", "f1", "f1_macro", "auc_roc", "rmse", "mae", "r2",
-                   "loss", "perplexity", "exact_match", "rouge_l", "bleu")
+def _summary_metrics(task: str | None) -> tuple[str, ...]:
+    """The test metrics a task's summary shows (every registered task's, for an unknown task)."""
+    from tunelab.tasks import TASK_SPECS
+
+    if task in TASK_SPECS:
+        return TASK_SPECS[task].summary_metrics
+    return tuple(dict.fromkeys(m for spec in TASK_SPECS.values() for m in spec.summary_metrics))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -111,23 +116,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from datasets import Dataset
-
     from tunelab import pipeline
-    from tunelab.data.readers import load_source
 
-    if bool(args.texts) == bool(args.file):
-        raise UserError("give texts to classify, or --file in.jsonl (with --out), not both and not neither")
+    if bool(args.inputs) == bool(args.file):
+        raise UserError("give inputs to predict (texts, or image files for an image run), or --file in.jsonl "
+                        "(with --out), not both and not neither")
     loaded = pipeline.load_run(args.run)
-    if loaded.cfg.task.name == "sft":
-        raise UserError(f"run {args.run} is an instruction-tuning run; use tunelab generate {args.run} "
-                        "--prompt ... (or --file prompts.jsonl --out out.jsonl)")
-    if args.file:
-        rows = load_source(args.file)["train"]
-    else:
-        rows = Dataset.from_dict({pipeline.resolve_columns(loaded.cfg).text: list(args.texts)})
-    preds = pipeline.predict_texts(loaded, rows)
-    lines = [json.dumps({**row, **pred}) for row, pred in zip(rows, preds)]
+    rows = loaded.task.predict(loaded, list(args.inputs) or None, args.file)
+    lines = [json.dumps(row, default=str) for row in rows]
     if args.out:
         Path(args.out).write_text("".join(line + "\n" for line in lines))
         print(f"wrote {len(lines)} predictions to {args.out}")
@@ -277,10 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="predict labels for texts or a file")
+    p = sub.add_parser("predict", help="predict labels for texts (or image files) or the rows of a file")
     p.add_argument("run")
-    p.add_argument("texts", nargs="*")
-    p.add_argument("--file", help="input .jsonl/.csv/... with the run's text column")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="texts, or image files for an image run")
+    p.add_argument("--file", help="input .jsonl/.csv/... with the run's text (or image path) column")
     p.add_argument("--out", help="write predictions as JSON lines here")
     p.set_defaults(func=cmd_predict)
 

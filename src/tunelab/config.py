@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import UserError, did_you_mean
 from tunelab.methods import METHODS, AnyMethodConfig
 from tunelab.methods.lora import LoRAConfig
-from tunelab.tasks.sft import SFTTaskConfig
+from tunelab.tasks import DEFAULT_TASK, TASK_CONFIGS, AnyTaskConfig
 
 
 class _Section(BaseModel):
@@ -48,6 +48,9 @@ class DataConfig(_Section):
     max_length: int = Field(64, ge=8, description="Truncate token sequences to this length.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    image_column: str | None = Field(None, description="Image-path column of a csv/jsonl (image tasks; default 'image').")
+    skip_bad_images: bool = Field(
+        False, description="Image tasks: skip (and count) unreadable or missing image files instead of stopping.")
 
     @model_validator(mode="after")
     def _ratios(self) -> "DataConfig":
@@ -57,19 +60,6 @@ class DataConfig(_Section):
                 f"(got {self.validation_ratio} + {self.test_ratio})"
             )
         return self
-
-
-class ClassificationTaskConfig(_Section):
-    name: Literal["classification", "regression"] = Field(
-        "classification", description="classification (single label), regression (one float), or sft "
-                                      "(instruction tuning of a causal LM; see the task.* keys below)."
-    )
-
-
-TaskConfig = Annotated[ClassificationTaskConfig | SFTTaskConfig, Field(discriminator="name")]
-TASK_CONFIGS: dict[str, type[BaseModel]] = {
-    "classification": ClassificationTaskConfig, "regression": ClassificationTaskConfig, "sft": SFTTaskConfig,
-}
 
 
 class TrainConfig(_Section):
@@ -124,8 +114,8 @@ class RunConfig(_Section):
     seed: int = Field(42, description="Seed for initialisation, dropout and data order.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    task: TaskConfig = Field(  # type: ignore[valid-type]
-        default_factory=ClassificationTaskConfig, description="What is learned, and the task's options."
+    task: AnyTaskConfig = Field(  # type: ignore[valid-type]
+        default_factory=lambda: TASK_CONFIGS[DEFAULT_TASK](), description="What is learned, and the task's options."
     )
     method: AnyMethodConfig = Field(  # type: ignore[valid-type]
         default_factory=lambda: LoRAConfig(), description="The fine-tuning method and its options."
@@ -222,7 +212,7 @@ def _normalise_methods(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(task, str):
         data["task"] = {"name": task}
     elif isinstance(task, dict) and "name" not in task:
-        data["task"] = {"name": "classification", **task}
+        data["task"] = {"name": DEFAULT_TASK, **task}
     return data
 
 
@@ -271,8 +261,8 @@ def _allowed_keys(loc: list[str], data: dict[str, Any]) -> list[str]:
         if part == "extra_methods":
             continue
         if part == "task":
-            name = node.get("name", "classification") if isinstance(node, dict) else "classification"
-            model = TASK_CONFIGS.get(name, ClassificationTaskConfig)
+            name = node.get("name", DEFAULT_TASK) if isinstance(node, dict) else DEFAULT_TASK
+            model = TASK_CONFIGS.get(name, TASK_CONFIGS[DEFAULT_TASK])
             continue
         ann = model.model_fields[part].annotation if part in model.model_fields else None
         if isinstance(ann, type) and issubclass(ann, BaseModel):
@@ -297,10 +287,21 @@ def describe_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> lis
             rows.append((key + ".name", "lora", "Method: " + ", ".join(sorted(METHODS))))
             rows.extend(r for r in describe_fields(LoRAConfig, key + ".") if r[0] != key + ".name")
         elif name == "task":
-            rows.extend(describe_fields(ClassificationTaskConfig, key + "."))
-            rows.extend(r for r in describe_fields(SFTTaskConfig, key + ".") if r[0] != key + ".name")
+            rows.extend(_task_fields(key))
         else:
             default = field.get_default(call_default_factory=True)
             rows.append((key, repr(default) if not isinstance(default, list) else str(default),
                          field.description or ""))
+    return rows
+
+
+def _task_fields(key: str) -> list[tuple[str, str, str]]:
+    """``task.name`` (the default task's description), then every task's own keys, once each."""
+    rows = describe_fields(TASK_CONFIGS[DEFAULT_TASK], key + ".")
+    seen = {r[0] for r in rows}
+    for config_cls in dict.fromkeys(TASK_CONFIGS.values()):
+        for r in describe_fields(config_cls, key + "."):
+            if r[0] not in seen:
+                seen.add(r[0])
+                rows.append(r)
     return rows

@@ -46,25 +46,26 @@ def is_run_dir(ref: str) -> bool:
 
 def load_generator(ref: str, *, template: str | None = None, system_prompt: str | None = None) -> Generator:
     """The model behind ``ref`` (a run directory or a causal LM reference) for generation."""
-    from tunelab.models.loading import load_tokenizer, resolve_model
-    from tunelab.tasks.sft import SFTTask, SFTTaskConfig, ensure_pad_token
+    from tunelab.tasks import TASK_SPECS, get_task
 
+    generative = [name for name, spec in TASK_SPECS.items() if spec.generates_text]
     if is_run_dir(ref):
         from tunelab.pipeline import load_run
 
         loaded = load_run(ref)
-        if loaded.cfg.task.name != "sft":
-            raise UserError(f"run {ref} is a {loaded.cfg.task.name} run; generate and chat need an "
-                            "instruction-tuning run (task.name=sft) or a causal LM such as smollm2-135m")
+        if not loaded.task.spec.generates_text:
+            raise UserError(f"run {ref} is a {loaded.cfg.task.name} run; generate and chat need a run of a task "
+                            f"that generates text (task.name={' or '.join(generative)}) or a causal LM such as "
+                            "smollm2-135m")
         task_cfg = loaded.cfg.task
         tmpl = Template.resolve(template or task_cfg.template, loaded.tokenizer)
         return Generator(loaded.model, loaded.tokenizer, tmpl, system_prompt or task_cfg.system_prompt, ref)
     if (Path(ref) / "config.yaml").is_file() and (Path(ref) / "metrics.jsonl").is_file():
         raise UserError(f"{ref} looks like an unfinished run (no results.json); finish or resume it first")
-    resolved = resolve_model(ref)
-    tokenizer = load_tokenizer(resolved)
-    ensure_pad_token(tokenizer)
-    model = SFTTask(SFTTaskConfig()).build_model(resolved).eval()
+    task = get_task(generative[0])  # a base model answers as that task's untrained starting point
+    resolved = task.resolve_model(ref)
+    tokenizer = task.load_processor(resolved)
+    model = task.build_model(resolved, None).eval()
     return Generator(model, tokenizer, Template.resolve(template or "auto", tokenizer), system_prompt, ref)
 
 

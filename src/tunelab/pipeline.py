@@ -14,43 +14,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from datasets import Dataset
 
 from tunelab.allocator import active_allocator
 from tunelab.config import RunConfig, to_yaml_dict, validate_config
-from tunelab.data.columns import require_columns
 from tunelab.data.labels import LabelMap
-from tunelab.data.readers import load_source
 from tunelab.errors import UserError
-from tunelab.methods import VIRTUAL_TOKEN_METHODS, apply_methods, count_parameters
-from tunelab.models.loading import fingerprint, load_tokenizer, resolve_model
+from tunelab.methods import apply_methods, count_parameters, get_method
+from tunelab.models.loading import fingerprint
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import Task, get_task
-from tunelab.tasks.classification import Prepared, prepare_data, resolve_columns  # noqa: F401 (re-exported)
-from tunelab.tasks.classification import padding_collator as collator
-from tunelab.tasks.sft import SFTTask, ensure_pad_token
 from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
-from tunelab.train.engine import Trainer, make_loader, predict_logits
+from tunelab.train.engine import Trainer
 
-# ---------------------------------------------------------------------------- data
-
-def encode_splits(task, tokenizer, prep: Prepared, max_length: int) -> dict[str, list[dict]]:
-    """Classification rows of every split (kept for callers that prepare data themselves)."""
-    return {name: task.encode(tokenizer, ds, prep.columns, max_length, prep.labels, name)
-            for name, ds in prep.splits.items()}
-
+# ---------------------------------------------------------------------------- checks
 
 def check_task_methods(cfg: RunConfig) -> None:
     """Refuse task x method combinations that cannot work, before anything is loaded."""
-    if cfg.task.name == "sft" and cfg.task.packing:
-        virtual = [m.name for m in cfg.methods() if m.name in VIRTUAL_TOKEN_METHODS]
-        if virtual:
-            raise UserError(f"task.packing cannot be used with method '{virtual[0]}': its virtual tokens need "
-                            "one example per row (a 2-D attention mask); set task.packing=false")
-    if cfg.train.cache_frozen_trunk and cfg.task.name == "sft":
-        raise UserError("train.cache_frozen_trunk is for classification runs; set it to false for task.name=sft")
+    task = get_task(cfg.task)
+    if cfg.train.cache_frozen_trunk and not task.spec.can_cache_trunk:
+        raise UserError(f"train.cache_frozen_trunk does not apply to task.name={task.name} runs; set it to false")
+    task.check_methods(cfg, [get_method(m.name) for m in cfg.methods()])
 
 
 # ---------------------------------------------------------------------------- model
@@ -104,9 +89,9 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     check_task_methods(cfg)
     accelerator = make_accelerator(cfg)
     task = get_task(cfg.task)
-    resolved = resolve_model(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(resolved)
-    data = task.prepare(cfg, tokenizer)
+    resolved = task.resolve_model(cfg.model.name_or_path)
+    processor = task.load_processor(resolved)
+    data = task.prepare(cfg, processor)
     set_seed(cfg.seed)
     model, fp = build_model(cfg, task, resolved, data.labels)
     params = count_parameters(model)
@@ -117,20 +102,21 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     run = open_run(Path(resume) if resume else Path(cfg.output_dir) / name[0], cfg, accelerator,
                    overwrite=overwrite, resume=bool(resume))
     log = run.log if accelerator.is_main_process else (lambda event: None)
-    train_collate, eval_collate = task.collators(cfg, tokenizer, model)
+    train_collate, eval_collate = task.collators(cfg, processor, model)
     if not resume:
         model.to(accelerator.device)  # the baseline runs before the trainer places the model
-    baseline = None if resume else task.baseline(model, data, tokenizer, accelerator, cfg)
+    baseline = None if resume else task.baseline(model, data, processor, accelerator, cfg)
     if baseline:
         log_test(log, "baseline", 0, *baseline, cfg)
+    step = task.train_step(cfg, model, processor, accelerator.print)
     trainer = Trainer(model, cfg.train, accelerator, seed=cfg.seed, collate=train_collate,
-                      eval_collate=eval_collate, evaluate_fn=task.evaluate, best_metric=task.best_metric,
-                      log=log, run_dir=run.path, group_by_length=cfg.data.group_by_length)
+                      eval_collate=eval_collate, evaluate_fn=task.evaluate, best_metric=task.spec.validation_metric,
+                      log=log, run_dir=run.path, group_by_length=cfg.data.group_by_length, step=step)
     started = time.time()
     fit = trainer.fit(data.rows["train"], data.rows.get("validation"))
     trainer.restore_best()
     finalize(accelerator.unwrap_model(trainer.model))  # the saved form; test metrics come from it too
-    test, samples = task.test_metrics(trainer.model, data, tokenizer, accelerator, cfg)
+    test, samples = task.test_metrics(trainer.model, data, processor, accelerator, cfg)
     if accelerator.is_main_process:
         if test:
             log_test(log, "test", fit.global_step, test, samples, cfg)
@@ -140,7 +126,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
         before = dict(before, split=test.get("split")) if before else None
         if before:
             results["baseline"] = {k: v for k, v in before.items() if k not in ("event", "step")}
-        save_artifacts(run, accelerator.unwrap_model(trainer.model), tokenizer, data.labels, fp, cfg)
+        save_artifacts(run, task, accelerator.unwrap_model(trainer.model), processor, data, test, fp, cfg)
         if samples:
             run.write_jsonl(run.path / "generations.jsonl", samples)
         run.write_json(run.results, results)
@@ -197,11 +183,12 @@ def json_step(ckpt_path: Path) -> int:
     return int(ckpt_path.name.split("-")[-1])
 
 
-def save_artifacts(run: RunDir, model, tokenizer, labels: LabelMap | None, fp: str, cfg: RunConfig) -> None:
+def save_artifacts(run: RunDir, task: Task, model, processor, data, test: dict, fp: str, cfg: RunConfig) -> None:
+    """Weights, the task's processor and extras, label map and base fingerprint."""
     run.save_weights(model)
-    tokenizer.save_pretrained(run.model_dir)
-    if labels is not None:
-        run.write_json(run.label_map, labels.to_dict())
+    task.save_artifacts(run.path, model, processor, data, test)
+    if data.labels is not None:
+        run.write_json(run.label_map, data.labels.to_dict())
     run.write_json(run.fingerprint, {"name_or_path": cfg.model.name_or_path, "fingerprint": fp})
 
 
@@ -213,8 +200,13 @@ class LoadedRun:
     cfg: RunConfig
     task: Task
     model: Any
-    tokenizer: Any
+    processor: Any
     labels: LabelMap | None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor of a text run (its tokenizer)."""
+        return self.processor
 
 
 def resume_config(path: str) -> RunConfig:
@@ -228,7 +220,7 @@ def load_run(path: str) -> LoadedRun:
     cfg.train.gradient_checkpointing = False  # a training-time memory trade; loading never needs it
     task = get_task(cfg.task)
     labels = LabelMap.from_dict(run.read_json(run.label_map)) if run.label_map.is_file() else None
-    resolved = resolve_model(cfg.model.name_or_path)
+    resolved = task.resolve_model(cfg.model.name_or_path)
     model, fp = build_model(cfg, task, resolved, labels)
     expected = run.read_json(run.fingerprint)["fingerprint"] if run.fingerprint.is_file() else fp
     if fp != expected:
@@ -237,73 +229,15 @@ def load_run(path: str) -> LoadedRun:
     finalize(model)  # final weights are always saved finalized (see train)
     load_trainable(model, run.load_weights())
     model.eval()
-    tokenizer = load_tokenizer(str(run.model_dir) if (run.model_dir / "tokenizer_config.json").is_file()
-                               else resolved)
-    if isinstance(task, SFTTask):
-        ensure_pad_token(tokenizer)
-    return LoadedRun(run, cfg, task, model, tokenizer, labels)
+    processor = task.load_saved_processor(run.model_dir, resolved)
+    return LoadedRun(run, cfg, task, model, processor, labels)
 
 
 def predict_texts(loaded: LoadedRun, rows: Dataset, batch_size: int = 64) -> list[dict[str, Any]]:
-    """Predictions for rows holding the run's text column(s)."""
-    from accelerate import Accelerator
-
-    cols = resolve_columns(loaded.cfg)
-    require_columns(rows, {"data.text_column": cols.text, "data.text_pair_column": cols.text_pair}, "input")
-    enc = loaded.task.encode(loaded.tokenizer, rows, cols, loaded.cfg.data.max_length, loaded.labels,
-                             "input", with_labels=False)
-    loader, _ = make_loader(enc, batch_size, collator(loaded.tokenizer), train=False, seed=0,
-                            group_by_length=False)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    logits, _ = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
-    return loaded.task.predictions(logits, loaded.labels)
+    """Predictions for rows holding the run's input column(s) (text tasks)."""
+    return loaded.task.predict_rows(loaded, rows, batch_size)
 
 
 def evaluate_run(loaded: LoadedRun, data: str | None, split: str) -> dict[str, Any]:
-    """Metrics of a trained run on its own test split, or on another labelled file/folder."""
-    from accelerate import Accelerator
-
-    cfg = loaded.cfg
-    if isinstance(loaded.task, SFTTask):
-        return evaluate_sft_run(loaded, data, split)
-    if data:
-        splits = load_source(data)
-        ds = splits.get(split) or splits.get("test") or splits["train"]
-        prep = Prepared({"eval": ds}, resolve_columns(cfg), loaded.labels)
-        require_columns(ds, prep.columns.required(), "eval")
-        name = "eval"
-    else:
-        prep = prepare_data(cfg, loaded.task)
-        prep.labels = loaded.labels
-        if split not in prep.splits:
-            raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prep.splits)}")
-        name = split
-    rows = loaded.task.encode(loaded.tokenizer, prep.splits[name], prep.columns, cfg.data.max_length,
-                              loaded.labels, name)
-    loader, _ = make_loader(rows, cfg.train.eval_batch_size, collator(loaded.tokenizer), train=False,
-                            seed=0, group_by_length=False)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    logits, labels = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
-    return loaded.task.metrics(logits, np.asarray(labels))
-
-
-def evaluate_sft_run(loaded: LoadedRun, data: str | None, split: str) -> dict[str, Any]:
-    """Loss, perplexity and generation metrics of an instruction-tuned run on a split or a file."""
-    from accelerate import Accelerator
-
-    cfg = loaded.cfg.model_copy(deep=True)
-    cfg.task.packing = False  # evaluation scores one example per row
-    if data:
-        cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
-        cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
-        cfg.data.max_train_samples = None
-    prepared = loaded.task.prepare(cfg, loaded.tokenizer)
-    name = "train" if data else split
-    if name not in prepared.rows:
-        raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prepared.rows)}")
-    prepared.rows = {"test": prepared.rows[name]}
-    prepared.conversations = {"test": prepared.conversations[name]}
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    metrics, samples = loaded.task.test_metrics(acc.prepare(loaded.model), prepared, loaded.tokenizer, acc, cfg)
-    metrics["split"] = "eval" if data else split
-    return {**metrics, "samples": samples[: loaded.cfg.task.log_generations]}
+    """Metrics of a trained run on its own split, or on another labelled file/folder."""
+    return loaded.task.evaluate_source(loaded, data, split)

@@ -118,9 +118,13 @@ def _baseline_line(results: dict[str, Any]) -> str:
 
 
 def _usage(cfg: dict[str, Any], path: Path) -> str:
-    if cfg["task"]["name"] == "sft":
+    from tunelab.tasks import TASK_SPECS
+
+    spec = TASK_SPECS.get(cfg["task"]["name"])
+    if spec is not None and spec.generates_text:
         return f'`tunelab eval {path}`, `tunelab generate {path} --prompt "..."` or `tunelab chat {path}`'
-    return f'`tunelab eval {path}` or `tunelab predict {path} "some text"`'
+    example = spec.predict_example if spec is not None else '"some text"'
+    return f'`tunelab eval {path}` or `tunelab predict {path} {example}`'
 
 
 def write_model_card(run: RunDir, cfg: dict[str, Any], results: dict[str, Any]) -> None:

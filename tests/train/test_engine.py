@@ -23,6 +23,7 @@ from tunelab.errors import TrainingDiverged
 from tunelab.methods import apply_methods
 from tunelab.methods.full import FullConfig
 from tunelab.train.checkpoint import latest_checkpoint
+from tunelab.tasks.common import predict_logits
 from tunelab.train.engine import Trainer
 
 
@@ -83,10 +84,11 @@ def _tiny_trainer(tmp_path: Path, cfg: TrainConfig) -> tuple[Trainer, list[dict]
         return {"input_ids": torch.tensor([r["input_ids"] for r in batch]),
                 "labels": torch.tensor([r["labels"] for r in batch])}
 
-    def metrics(logits, labels):
+    def evaluate(model, loader, accelerator):
+        logits, labels = predict_logits(model, loader, accelerator)
         return {"accuracy": float((logits.argmax(-1) == labels).mean())}
 
-    trainer = Trainer(model, cfg, Accelerator(cpu=True), seed=0, collate=collate, metrics_fn=metrics,
+    trainer = Trainer(model, cfg, Accelerator(cpu=True), seed=0, collate=collate, evaluate_fn=evaluate,
                       best_metric=("accuracy", True), log=lambda e: None, run_dir=tmp_path)
     return trainer, rows
 

@@ -50,15 +50,6 @@ RUN_KEYS = ("method", "extra_methods", "name", "output_dir")
 SAME_BUDGET = ("seed", "train.epochs", "train.max_steps")
 SAME_DATA = ("model", "data.source", "data.validation_file", "data.test_file", "data.validation_ratio",
              "data.test_ratio", "data.split_seed", "data.max_train_samples")
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1", "precision", "recall",
-                       "auc_roc"),
-    "regression": ("rmse", "mae", "mse", "r2"),
-    "sft": ("loss", "perplexity", "rouge_l", "exact_match", "bleu"),
-}
-GENERATION_METRICS = ("rouge_l", "exact_match", "bleu")
-
-
 def _method_name(value: Any, where: str) -> str:
     """The method a ``method``/``extra_methods`` entry names; unknown names get a "did you mean"."""
     name = value.get("name") if isinstance(value, dict) else value
@@ -328,17 +319,19 @@ def _validate_run(label: str, data: dict[str, Any], out_dir: Path) -> RunConfig:
 
 
 def check_metric(metric: str | None, cfg: RunConfig) -> None:
-    """A chosen metric must be one the task reports (generation metrics need ``task.eval_generate``)."""
+    """A chosen metric must be one the task reports (and that its options make it report)."""
+    from tunelab.tasks import get_spec
+
     if metric is None:
         return
-    task = cfg.task.name
-    accepted = TASK_METRICS[task]
+    spec = get_spec(cfg.task.name)
+    accepted = tuple(spec.metrics)
     if metric not in accepted:
-        raise UserError(f"compare config key 'metric': {task} runs do not report '{metric}'"
+        raise UserError(f"compare config key 'metric': {spec.name} runs do not report '{metric}'"
                         f"{did_you_mean(metric, accepted)}; accepted: {', '.join(accepted)}")
-    if metric in GENERATION_METRICS and not getattr(cfg.task, "eval_generate", 0):
-        raise UserError(f"compare config key 'metric': '{metric}' scores generations; set base task.eval_generate "
-                        "to the number of test prompts to generate for")
+    problem = spec.extra_metric_checks(cfg.task, metric)
+    if problem:
+        raise UserError(f"compare config key 'metric': {problem}")
 
 
 # ---------------------------------------------------------------------------- labels

@@ -46,8 +46,6 @@ COSTS: dict[str, tuple[str, str]] = {  # budget -> (RunSummary field, words)
     "time": ("train_seconds", "training time"),
 }
 CHEAPEST = {"params": "fewest trainable parameters", "memory": "lowest peak memory", "time": "shortest training time"}
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "rmse"}
-LOWER_IS_BETTER = frozenset({"loss", "perplexity", "mae", "mse", "rmse"})
 DEFAULT_TOLERANCE = 0.01
 STAR = "★"
 PLOTS = ("metric_vs_trainable", "metric_vs_time", "peak_memory")
@@ -98,14 +96,17 @@ class RunSummary:
 # ---------------------------------------------------------------------------- reading runs
 
 def default_metric(task: str | None, test: dict[str, float], fallback: str | None = None) -> str | None:
-    """classification: accuracy; regression: rmse; sft: rouge_l when generations were scored, else loss."""
-    if task == "sft":
-        return "rouge_l" if "rouge_l" in test else "loss"
-    return DEFAULT_METRIC.get(task or "", fallback)
+    """The task's headline metric (from its registry entry) given the test metrics it reported."""
+    from tunelab.tasks import headline_metric
+
+    return headline_metric(task, test, fallback)
 
 
-def greater_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
+def greater_is_better(metric: str, task: str | None = None) -> bool:
+    """The metric's direction, from the task's registry entry."""
+    from tunelab.tasks import greater_is_better as direction
+
+    return direction(metric, task)
 
 
 def summarize_run(label: str, run_dir: str | Path, metric: str | None = None) -> RunSummary:
@@ -136,7 +137,7 @@ def _summary(label: str, run_dir: Path, results: dict[str, Any], metric: str | N
     return RunSummary(
         label=label, run_dir=run_dir, task=task, method=[str(m) for m in results.get("method") or []],
         metric=name, value=test.get(name) if name else None,
-        greater_is_better=greater_is_better(name) if name else True, metrics=test,
+        greater_is_better=greater_is_better(name, task) if name else True, metrics=test,
         trainable=_integer(params.get("trainable")), trainable_percent=_number(params.get("trainable_percent")),
         total_params=_integer(params.get("total")), peak_memory_mb=_number(results.get("peak_memory_mb")),
         train_seconds=_number(results.get("train_seconds")), wall_seconds=_number(results.get("wall_seconds")),

@@ -35,9 +35,9 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-LINEAR_REWRAPPERS = ("lora", "qlora", "ia3")
+LINEAR_REWRAPPERS = tuple(name for name, spec in METHODS.items() if spec.wraps_linear)
 """Methods that replace the same Linear modules with their own wrapper: at most one per model."""
-VIRTUAL_TOKEN_METHODS = ("prompt_tuning", "prefix_tuning", "ptuning_v2")
+VIRTUAL_TOKEN_METHODS = tuple(name for name, spec in METHODS.items() if spec.virtual_tokens)
 """Methods that put virtual tokens in front of every row (they need a 2-D attention mask)."""
 
 

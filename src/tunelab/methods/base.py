@@ -35,3 +35,7 @@ class MethodSpec:
     description: str
     """One line for ``tunelab methods``."""
     paper: str = ""
+    wraps_linear: bool = False
+    """It replaces the model's Linear modules with its own wrapper (at most one such method per model)."""
+    virtual_tokens: bool = False
+    """It puts trainable virtual tokens in front of every row (needs one example per row, a 2-D mask)."""

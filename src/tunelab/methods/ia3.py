@@ -302,6 +302,7 @@ def unwrap_ia3(model: nn.Module) -> nn.Module:
 
 SPEC = MethodSpec(
     name="ia3",
+    wraps_linear=True,
     config_cls=IA3Config,
     apply=apply,
     description="(IA)^3: learned vectors rescaling keys, values and feed-forward activations.",

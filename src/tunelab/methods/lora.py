@@ -687,6 +687,7 @@ def unwrap_lora(model: nn.Module) -> nn.Module:
 
 SPEC = MethodSpec(
     name="lora",
+    wraps_linear=True,
     config_cls=LoRAConfig,
     apply=apply,
     description="LoRA: trainable low-rank updates B A on chosen linear (or embedding / conv) layers.",

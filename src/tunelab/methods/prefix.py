@@ -219,6 +219,7 @@ def apply_ptuning_v2(model: nn.Module, cfg: MethodConfig) -> None:
 
 SPEC_PREFIX = MethodSpec(
     name="prefix_tuning",
+    virtual_tokens=True,
     config_cls=PrefixTuningConfig,
     apply=apply_prefix_tuning,
     description="Prefix tuning: key/value prefixes in every layer from an MLP, folded into a table after training.",
@@ -227,6 +228,7 @@ SPEC_PREFIX = MethodSpec(
 
 SPEC_PTUNING_V2 = MethodSpec(
     name="ptuning_v2",
+    virtual_tokens=True,
     config_cls=PTuningV2Config,
     apply=apply_ptuning_v2,
     description="P-tuning v2: deep prompts, a directly trained key/value prefix table in every layer.",

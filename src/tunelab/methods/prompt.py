@@ -136,6 +136,8 @@ class VirtualTokens(nn.Module):
     """
 
     method = "virtual_tokens"
+    tunelab_virtual_tokens = True
+    """Capability marker: this module's trainable tokens enter every layer (no layer output is fixed)."""
     needs = "inputs_embeds"
     """Backbone ``forward`` argument the method cannot work without."""
 
@@ -307,6 +309,7 @@ def apply(model: nn.Module, cfg: MethodConfig) -> None:
 
 SPEC = MethodSpec(
     name="prompt_tuning",
+    virtual_tokens=True,
     config_cls=PromptTuningConfig,
     apply=apply,
     description="Prompt tuning: n trainable soft-prompt embeddings prepended to the input embeddings.",

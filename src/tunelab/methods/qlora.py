@@ -237,6 +237,7 @@ def unwrap_qlora(model: nn.Module) -> nn.Module:
 
 SPEC = MethodSpec(
     name="qlora",
+    wraps_linear=True,
     config_cls=QLoRAConfig,
     apply=apply,
     description="QLoRA: LoRA over a frozen base whose linear weights are stored in 4-bit NF4 (bitsandbytes).",

@@ -12,8 +12,14 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Return the qualified name and the ``nn.ModuleList`` of transformer blocks.
 
     Picks the longest ModuleList whose name ends in ``layer``, ``layers``, ``h`` or ``block``
-    (``bert.encoder.layer``, ``model.layers``, ``transformer.h``).
+    (``bert.encoder.layer``, ``model.layers``, ``transformer.h``). A model whose loader recorded
+    ``model.tunelab_layer_list`` (e.g. ``features``, a CNN's ``nn.Sequential`` of blocks) uses that.
     """
+    recorded = getattr(model, "tunelab_layer_list", None)
+    if recorded:
+        blocks = model.get_submodule(recorded)
+        if isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+            return recorded, blocks  # type: ignore[return-value]
     best: tuple[str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and name.split(".")[-1] in {"layer", "layers", "h", "block"}:

@@ -90,3 +90,11 @@ def fingerprint(model: nn.Module, exclude: set[str] | frozenset[str] = frozenset
         h.update(json.dumps(list(tensor.shape)).encode())
         h.update(sample)
     return h.hexdigest()[:32]
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Causal LM tokenizers often lack a pad token; padding then reuses EOS (masked out anyway)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError("the tokenizer has neither a pad nor an EOS token; cannot batch examples")
+        tokenizer.pad_token = tokenizer.eos_token

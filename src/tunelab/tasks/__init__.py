@@ -1,32 +1,68 @@
 """Tasks: what is learned (data schema, head, loss, metrics). One module per task, registered here.
 
-Every task offers the same protocol to :mod:`tunelab.pipeline`: ``prepare(cfg, tokenizer)`` (read,
-check, split, encode), ``build_model(resolved, labels)``, ``collators(cfg, tokenizer, model)``,
-``evaluate(model, loader, accelerator)`` (validation metrics), ``test_metrics(...)`` and
-``baseline(...)`` (the test evaluation before training, or None), plus ``name`` and
-``best_metric``.
+Every task implements the protocol in :mod:`tunelab.tasks.base` and exposes ``SPECS`` (its
+:class:`~tunelab.tasks.base.TaskSpec` entries). Adding a task is one module plus one entry in
+:data:`TASK_MODULES`; the ``task:`` config section, ``tunelab train --help``, compare's metric
+checks and the CLI's verbs all read the registry (see ``docs/tasks.md``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Union
+
+from pydantic import Field
 
 from tunelab.errors import unknown
-from tunelab.tasks.classification import ClassificationTask
-from tunelab.tasks.sft import SFTTask, SFTTaskConfig
+from tunelab.tasks import classification, sft
+from tunelab.tasks.base import Task, TaskSpec
 
-Task = ClassificationTask | SFTTask
+TASK_MODULES = (classification, sft)
 
-TASKS = {
-    "classification": lambda cfg: ClassificationTask(regression=False),
-    "regression": lambda cfg: ClassificationTask(regression=True),
-    "sft": lambda cfg: SFTTask(cfg if isinstance(cfg, SFTTaskConfig) else SFTTaskConfig()),
-}
+TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for module in TASK_MODULES for spec in module.SPECS}
+
+TASK_CONFIGS: dict[str, type] = {name: spec.config_cls for name, spec in TASK_SPECS.items()}
+"""Task name -> the class of its ``task:`` section (classification and regression share one)."""
+
+AnyTaskConfig = Annotated[
+    Union[tuple(dict.fromkeys(TASK_CONFIGS.values()))],  # type: ignore[valid-type]
+    Field(discriminator="name"),
+]
+"""The ``task:`` section: a union over the registered tasks' config classes, by ``name``."""
+
+DEFAULT_TASK = "classification"
+
+
+def get_spec(name: str) -> TaskSpec:
+    """The registry entry of task ``name``; unknown names raise a UserError listing the accepted ones."""
+    if name not in TASK_SPECS:
+        raise unknown("task", name, TASK_SPECS)
+    return TASK_SPECS[name]
 
 
 def get_task(spec: str | Any) -> Task:
     """The task named ``spec``, or built from a ``task:`` config section (which carries its options)."""
     name = spec if isinstance(spec, str) else spec.name
-    if name not in TASKS:
-        raise unknown("task", name, TASKS)
-    return TASKS[name](None if isinstance(spec, str) else spec)
+    entry = get_spec(name)
+    return entry.build(entry.config_cls(name=name) if isinstance(spec, str) else spec)
+
+
+def headline_metric(task: str | None, test: Mapping[str, float], fallback: str | None = None) -> str | None:
+    """The metric a comparison ranks ``task`` runs by, given the test metrics they reported."""
+    if task not in TASK_SPECS:
+        return fallback
+    return TASK_SPECS[task].headline_metric(test)
+
+
+def greater_is_better(metric: str, task: str | None = None) -> bool:
+    """Whether a larger ``metric`` is better (the task's own direction when known)."""
+    if task in TASK_SPECS:
+        return TASK_SPECS[task].greater_is_better(metric)
+    for spec in TASK_SPECS.values():
+        if metric in spec.metrics:
+            return spec.metrics[metric]
+    return not any(k in metric for k in ("loss", "mae", "mse", "rmse", "perplexity"))
+
+
+__all__ = ["AnyTaskConfig", "TASK_CONFIGS", "TASK_SPECS", "Task", "TaskSpec", "get_spec", "get_task",
+           "greater_is_better", "headline_metric"]

@@ -7,21 +7,41 @@ one output with MSE loss for regression). Metrics are computed with scikit-learn
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from datasets import Dataset
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn import metrics as skm
 from torch import nn
 
 from tunelab.data.builtin import BUILTIN_DATASETS
 from tunelab.data.columns import drop_missing, require_columns
 from tunelab.data.labels import LabelMap
+from tunelab.data.loaders import eval_loader, make_loader
 from tunelab.data.readers import load_source
 from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
-from tunelab.models.loading import hub_kwargs
+from tunelab.models.loading import hub_kwargs, load_tokenizer, resolve_model
+from tunelab.tasks.base import TaskSpec
+from tunelab.tasks.common import inference_accelerator, predict_logits
+from tunelab.train.step import SupervisedStep
+from tunelab.train.trunk_cache import CachedTrunkStep
+
+
+class ClassificationTaskConfig(BaseModel):
+    """``task:`` options of sequence classification and regression (none besides the name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["classification", "regression"] = Field(
+        "classification", description="The task: classification (single label), regression (one float), sft "
+                                      "(instruction tuning of a causal LM) or image_classification; each task's "
+                                      "own task.* keys are listed below.")
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,7 @@ def prepare_data(cfg: Any, task: ClassificationTask) -> Prepared:
     """Read the source, check columns, split, and fit the label map on the training split."""
     d = cfg.data
     builtin = BUILTIN_DATASETS.get(d.source)
-    if builtin is not None and builtin.task != "classification":
+    if builtin is not None and builtin.task not in ("classification", "regression"):
         raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}, not {task.name}")
     splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
     cols = resolve_columns(cfg)
@@ -90,21 +110,44 @@ class ClassificationTask:
     regression: bool = False
 
     @property
+    def spec(self) -> TaskSpec:
+        return REGRESSION if self.regression else CLASSIFICATION
+
+    @property
     def name(self) -> str:
-        return "regression" if self.regression else "classification"
+        return self.spec.name
 
     @property
     def best_metric(self) -> tuple[str, bool]:
         """Default validation metric for the best checkpoint and whether larger is better."""
-        return ("rmse", False) if self.regression else ("accuracy", True)
+        return self.spec.validation_metric
 
     # ------------------------------------------------------------------ the task protocol
+    def resolve_model(self, ref: str) -> str:
+        return resolve_model(ref)
+
+    def load_processor(self, resolved: str) -> Any:
+        return load_tokenizer(resolved)
+
     def prepare(self, cfg: Any, tokenizer: Any) -> Prepared:
         """Read, check, split and encode the data (every user error happens here)."""
         prep = prepare_data(cfg, self)
+        augment = getattr(cfg.data, "augment", None)
+        if augment is not None and augment.enabled:
+            prep.splits["train"] = augment_split(prep.splits["train"], prep.columns, augment, cfg.seed)
         prep.rows = {name: self.encode(tokenizer, ds, prep.columns, cfg.data.max_length, prep.labels, name)
                      for name, ds in prep.splits.items()}
         return prep
+
+    def check_methods(self, cfg: Any, methods: Sequence[Any]) -> None:
+        """Every method works on sequence classifiers."""
+
+    def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> Any:
+        """``model(**batch).loss``; with ``train.cache_frozen_trunk`` only the unfrozen top runs."""
+        step = SupervisedStep(length_key="input_ids")
+        if cfg.train.cache_frozen_trunk:
+            return CachedTrunkStep(step, padding_collator(tokenizer), cfg.train.eval_batch_size, log=log)
+        return step
 
     def collators(self, cfg: Any, tokenizer: Any, model: nn.Module) -> tuple[Any, Any]:
         """(training collator, evaluation collator)."""
@@ -113,16 +156,12 @@ class ClassificationTask:
 
     def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
         """Metrics of the model's logits over a prepared loader."""
-        from tunelab.train.engine import predict_logits
-
         logits, labels = predict_logits(model, loader, accelerator)
         return self.metrics(logits, labels)
 
     def test_metrics(self, model: nn.Module, data: Prepared, tokenizer: Any, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Metrics on the test split ({} without one); classification logs no samples."""
-        from tunelab.train.engine import eval_loader
-
         rows = (data.rows or {}).get("test")
         if not rows:
             return {}, []
@@ -133,6 +172,56 @@ class ClassificationTask:
     def baseline(self, *args: Any, **kwargs: Any) -> None:
         """Classification heads start random, so there is no meaningful before-training score."""
         return None
+
+    # ------------------------------------------------------------------ the run directory
+    def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:
+        tokenizer.save_pretrained(Path(folder) / "model")
+
+    def load_saved_processor(self, model_dir: Path, resolved: str) -> Any:
+        saved = Path(model_dir) / "tokenizer_config.json"
+        return load_tokenizer(str(model_dir) if saved.is_file() else resolved)
+
+    # ------------------------------------------------------------------ using a trained run
+    def predict(self, loaded: Any, inputs: Sequence[str] | None, file: str | None) -> list[dict[str, Any]]:
+        """Label (or value) predictions for texts, or for the rows of a file with the run's text column."""
+        cols = resolve_columns(loaded.cfg)
+        rows = load_source(file)["train"] if file else Dataset.from_dict({cols.text: list(inputs or [])})
+        preds = self.predict_rows(loaded, rows)
+        return [{**row, **pred} for row, pred in zip(rows, preds)]
+
+    def predict_rows(self, loaded: Any, rows: Dataset, batch_size: int = 64) -> list[dict[str, Any]]:
+        """Predictions for rows holding the run's text column(s)."""
+        cols = resolve_columns(loaded.cfg)
+        require_columns(rows, {"data.text_column": cols.text, "data.text_pair_column": cols.text_pair}, "input")
+        enc = self.encode(loaded.processor, rows, cols, loaded.cfg.data.max_length, loaded.labels, "input",
+                          with_labels=False)
+        loader, _ = make_loader(enc, batch_size, padding_collator(loaded.processor), train=False, seed=0,
+                                group_by_length=False)
+        acc = inference_accelerator()
+        logits, _ = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
+        return self.predictions(logits, loaded.labels)
+
+    def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
+        """Metrics of a trained run on its own split, or on another labelled file/folder."""
+        cfg = loaded.cfg
+        if data:
+            splits = load_source(data)
+            ds = splits.get(split) or splits.get("test") or splits["train"]
+            prep = Prepared({"eval": ds}, resolve_columns(cfg), loaded.labels)
+            require_columns(ds, prep.columns.required(), "eval")
+            name = "eval"
+        else:
+            prep = prepare_data(cfg, self)
+            prep.labels = loaded.labels
+            if split not in prep.splits:
+                raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prep.splits)}")
+            name = split
+        rows = self.encode(loaded.processor, prep.splits[name], prep.columns, cfg.data.max_length, loaded.labels,
+                           name)
+        acc = inference_accelerator()
+        loader = eval_loader(rows, cfg.train.eval_batch_size, padding_collator(loaded.processor), acc)
+        logits, labels = predict_logits(acc.prepare(loaded.model), loader, acc)
+        return self.metrics(logits, np.asarray(labels))
 
     # ------------------------------------------------------------------ labels
     def fit_labels(self, train: Dataset, cols: Columns, names: list[str] | None) -> LabelMap | None:
@@ -242,3 +331,38 @@ def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     mse = float(skm.mean_squared_error(y, pred))
     return {"mae": float(skm.mean_absolute_error(y, pred)), "mse": mse, "rmse": mse ** 0.5,
             "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else float("nan")}
+
+
+def augment_split(train: Dataset, cols: Columns, augment: Any, seed: int) -> Dataset:
+    """EDA copies of the training rows (text column only; pairs keep their second text)."""
+    from tunelab.data.augment import augment_rows
+
+    if cols.text_pair:
+        raise UserError("data.augment works on single-text rows; this run reads text pairs "
+                        f"({cols.text}, {cols.text_pair}); drop data.augment")
+    texts, labels = augment_rows([str(t) for t in train[cols.text]], list(train[cols.label]), augment,
+                                 augment.seed if augment.seed is not None else seed)
+    print(f"tunelab: data.augment added {len(texts) - len(train)} augmented training rows to {len(train)}",
+          file=sys.stderr)
+    return Dataset.from_dict({cols.text: texts, cols.label: labels})
+
+
+CLASSIFICATION_METRICS = {"accuracy": True, "f1_macro": True, "precision_macro": True, "recall_macro": True,
+                          "f1": True, "precision": True, "recall": True, "auc_roc": True}
+REGRESSION_METRICS = {"rmse": False, "mae": False, "mse": False, "r2": True}
+
+CLASSIFICATION = TaskSpec(
+    name="classification", config_cls=ClassificationTaskConfig,
+    build=lambda cfg: ClassificationTask(regression=False),
+    description="Sequence classification (single label; text or text pairs) with a fresh head.",
+    metrics=CLASSIFICATION_METRICS, validation_metric=("accuracy", True), headline="accuracy",
+    summary_metrics=("accuracy", "f1", "f1_macro", "auc_roc"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
+)
+REGRESSION = TaskSpec(
+    name="regression", config_cls=ClassificationTaskConfig,
+    build=lambda cfg: ClassificationTask(regression=True),
+    description="Sequence regression: one float per text, MSE loss.",
+    metrics=REGRESSION_METRICS, validation_metric=("rmse", False), headline="rmse", has_labels=True,
+    summary_metrics=("rmse", "mae", "r2"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
+)
+SPECS = (CLASSIFICATION, REGRESSION)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -28,8 +30,12 @@ from torch.nn import functional as F
 from tunelab.data.conversations import FORMATS, Conversation, detect_format, required_columns, to_conversation
 from tunelab.data.packing import PackedCollator, pack
 from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncate
+from tunelab.data.loaders import eval_loader
 from tunelab.errors import UserError
-from tunelab.models.loading import hub_kwargs
+from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
+from tunelab.tasks.base import TaskSpec
+from tunelab.tasks.common import inference_accelerator
+from tunelab.train.step import SupervisedStep
 
 
 class SFTTaskConfig(BaseModel):
@@ -84,7 +90,60 @@ class SFTTask:
     name: str = "sft"
     best_metric: tuple[str, bool] = ("loss", False)
 
+    @property
+    def spec(self) -> TaskSpec:
+        return SFT
+
     # ------------------------------------------------------------------ the task protocol
+    def resolve_model(self, ref: str) -> str:
+        return resolve_model(ref)
+
+    def load_processor(self, resolved: str) -> Any:
+        tokenizer = load_tokenizer(resolved)
+        ensure_pad_token(tokenizer)
+        return tokenizer
+
+    def check_methods(self, cfg: Any, methods: Sequence[Any]) -> None:
+        """Packing needs a 2-D attention mask per row, which virtual-token methods cannot share."""
+        virtual = [m.name for m in methods if m.virtual_tokens]
+        if self.cfg.packing and virtual:
+            raise UserError(f"task.packing cannot be used with method '{virtual[0]}': its virtual tokens need "
+                            "one example per row (a 2-D attention mask); set task.packing=false")
+
+    def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> SupervisedStep:
+        """The default step: the causal LM's own next-token loss over the labelled tokens."""
+        return SupervisedStep(length_key="input_ids")
+
+    def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:
+        tokenizer.save_pretrained(Path(folder) / "model")
+
+    def load_saved_processor(self, model_dir: Path, resolved: str) -> Any:
+        saved = (Path(model_dir) / "tokenizer_config.json").is_file()
+        return self.load_processor(str(model_dir) if saved else resolved)
+
+    def predict(self, loaded: Any, inputs: Sequence[str] | None, file: str | None) -> list[dict[str, Any]]:
+        raise UserError(f"run {loaded.run.path} is an instruction-tuning run; use tunelab generate {loaded.run.path} "
+                        "--prompt ... (or --file prompts.jsonl --out out.jsonl)")
+
+    def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
+        """Loss, perplexity and generation metrics of an instruction-tuned run on a split or a file."""
+        cfg = loaded.cfg.model_copy(deep=True)
+        cfg.task.packing = False  # evaluation scores one example per row
+        if data:
+            cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
+            cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
+            cfg.data.max_train_samples = None
+        prepared = self.prepare(cfg, loaded.processor)
+        name = "train" if data else split
+        if name not in prepared.rows:
+            raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prepared.rows)}")
+        prepared.rows = {"test": prepared.rows[name]}
+        prepared.conversations = {"test": prepared.conversations[name]}
+        acc = inference_accelerator()
+        metrics, samples = self.test_metrics(acc.prepare(loaded.model), prepared, loaded.processor, acc, cfg)
+        metrics["split"] = "eval" if data else split
+        return {**metrics, "samples": samples[: self.cfg.log_generations]}
+
     def prepare(self, cfg: Any, tokenizer: Any) -> SFTData:
         """Read and split the data, render and tokenise it (every user error happens here)."""
         from tunelab.data.readers import load_source
@@ -114,8 +173,6 @@ class SFTTask:
     def test_metrics(self, model: nn.Module, data: SFTData, tokenizer: Any, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list[dict[str, str]]]:
         """Loss/perplexity on the test split (else validation) and generation metrics on a sample."""
-        from tunelab.train.engine import eval_loader
-
         split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
         if split is None:
             return {}, []
@@ -268,12 +325,29 @@ class PaddingCollator:
         return batch
 
 
-def ensure_pad_token(tokenizer: Any) -> None:
-    """Causal LM tokenizers often lack a pad token; padding then reuses EOS (masked out anyway)."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise UserError("the tokenizer has neither a pad nor an EOS token; cannot batch examples")
-        tokenizer.pad_token = tokenizer.eos_token
-
-
 FORMAT_NAMES = ("auto", *FORMATS)
+
+GENERATION_METRICS = ("rouge_l", "exact_match", "bleu")
+
+
+def _headline(test: Mapping[str, float]) -> str:
+    """rouge_l when generations were scored, else the held-out loss."""
+    return "rouge_l" if "rouge_l" in test else "loss"
+
+
+def _metric_problem(task_cfg: Any, metric: str) -> str | None:
+    if metric in GENERATION_METRICS and not getattr(task_cfg, "eval_generate", 0):
+        return f"'{metric}' scores generations; set base task.eval_generate to the number of test prompts to generate for"
+    return None
+
+
+SFT = TaskSpec(
+    name="sft", config_cls=SFTTaskConfig, build=lambda cfg: SFTTask(cfg),
+    description="Instruction tuning of a causal LM (response-only loss, packing, generation metrics).",
+    metrics={"loss": False, "perplexity": False, "rouge_l": True, "exact_match": True, "bleu": True},
+    validation_metric=("loss", False), headline=_headline,
+    summary_metrics=("loss", "perplexity", "exact_match", "rouge_l", "bleu"),
+    generates_text=True, has_labels=False, can_pack=True, peft_task_type="CAUSAL_LM",
+    extra_metric_checks=_metric_problem,
+)
+SPECS = (SFT,)

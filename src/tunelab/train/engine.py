@@ -1,8 +1,9 @@
 """The training loop, on ``accelerate``: the same code on CPU, one GPU, or several processes.
 
 It owns optimizer groups, schedules, gradient accumulation, clipping, evaluation cadence, early
-stopping, best-checkpoint selection, exact resume and NaN/inf detection. Tasks supply the model
-(which returns a loss when given ``labels``), rows, a collator and a metrics function.
+stopping, best-checkpoint selection, exact resume, NaN/inf detection and logging. What a training
+step computes comes from the task as a :class:`~tunelab.train.step.TrainStep` (default:
+``model(**batch).loss``); the engine knows nothing of tokens, logits or images.
 """
 
 from __future__ import annotations
@@ -12,23 +13,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tunelab.config import TrainConfig
-from tunelab.data.batching import EpochShuffleSampler, LengthGroupedSampler, ShardedBatchSampler
+from tunelab.data.loaders import eval_loader, make_loader
 from tunelab.errors import TrainingDiverged
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.optim import build_optimizer, build_scheduler
-from tunelab.train.trunk_cache import FrozenTrunkCache
+from tunelab.train.step import SupervisedStep, TrainStep
 
-MetricsFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+if TYPE_CHECKING:
+    from tunelab.config import TrainConfig
+
+__all__ = ["FitResult", "LoopState", "Trainer", "eval_loader", "make_loader"]
+
 EvaluateFn = Callable[[nn.Module, DataLoader, Accelerator], dict[str, Any]]
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -70,68 +73,19 @@ class LoopState:
     train_tokens: int = 0
 
 
-def batch_tokens(batch: dict[str, torch.Tensor], counted: torch.Tensor | None) -> int:
-    """Real (non-padding) tokens of a batch: the collator's count, else the 2-D attention mask's sum."""
-    if counted is not None:
-        return int(counted)
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
-
-
-def make_loader(rows: Sequence[dict], batch_size: int, collate, *, train: bool, seed: int,
-                group_by_length: bool, rank: int = 0, world: int = 1
-                ) -> tuple[DataLoader, ShardedBatchSampler | None]:
-    """A DataLoader; for training, its batches are this process's shard of an order that is a
-    pure function of (seed, epoch), and the returned batch sampler can skip batches on resume."""
-    # Own generator: making an iterator must not draw from the global RNG (dropout's).
-    gen = torch.Generator().manual_seed(seed)
-    if not train:
-        return DataLoader(list(rows), batch_size=batch_size, shuffle=False, collate_fn=collate,
-                          generator=gen), None
-    sampler: Any = (LengthGroupedSampler([len(r["input_ids"]) for r in rows], batch_size, seed)
-                    if group_by_length else EpochShuffleSampler(len(rows), seed))
-    batches = ShardedBatchSampler(sampler, batch_size, rank, world)
-    return DataLoader(list(rows), batch_sampler=batches, collate_fn=collate, generator=gen), batches
-
-
-def eval_loader(rows: Sequence[dict], batch_size: int, collate, accelerator: Accelerator) -> DataLoader:
-    """An evaluation loader (data order kept), prepared so each process gets its shard."""
-    loader, _ = make_loader(rows, batch_size, collate, train=False, seed=0, group_by_length=False)
-    return accelerator.prepare(loader)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, accelerator: Accelerator
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (and labels when present) over a prepared loader, gathered across processes."""
-    model.eval()
-    all_logits, all_labels = [], []
-    for batch in loader:
-        labels = batch.pop("labels", None)
-        logits = model(**batch).logits
-        logits = accelerator.gather_for_metrics(logits)
-        all_logits.append(logits.float().cpu())
-        if labels is not None:
-            all_labels.append(accelerator.gather_for_metrics(labels).cpu())
-    logits_np = torch.cat(all_logits).numpy()
-    labels_np = torch.cat(all_labels).numpy() if all_labels else None
-    return logits_np, labels_np
-
-
 class Trainer:
     """Fit a model with one config; see :func:`Trainer.fit`."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, accelerator: Accelerator, *, seed: int,
                  collate, best_metric: tuple[str, bool], log: LogFn, run_dir: Path,
-                 metrics_fn: MetricsFn | None = None, evaluate_fn: EvaluateFn | None = None,
-                 eval_collate=None, group_by_length: bool = True):
-        """``evaluate_fn(model, loader, accelerator)`` scores the validation loader; without it the
-        logits go through ``metrics_fn(logits, labels)``. ``eval_collate`` defaults to ``collate``."""
-        if (metrics_fn is None) == (evaluate_fn is None):
-            raise ValueError("give exactly one of metrics_fn and evaluate_fn")
+                 evaluate_fn: EvaluateFn, eval_collate=None, group_by_length: bool = True,
+                 step: TrainStep | None = None):
+        """``evaluate_fn(model, loader, accelerator)`` scores the validation loader;
+        ``eval_collate`` defaults to ``collate``; ``step`` defaults to :class:`SupervisedStep`."""
         self.cfg, self.acc, self.seed = cfg, accelerator, seed
-        self.collate, self.metrics_fn, self.evaluate_fn, self.log = collate, metrics_fn, evaluate_fn, log
+        self.collate, self.evaluate_fn, self.log = collate, evaluate_fn, log
         self.eval_collate = eval_collate or collate
+        self.step = step or SupervisedStep(length_key="input_ids")
         self.metric_name = cfg.metric_for_best or best_metric[0]
         self.greater = best_metric[1] if cfg.metric_for_best is None else _greater_is_better(self.metric_name)
         self.ckpt_dir, self.best_dir = run_dir / "checkpoints", run_dir / "best"
@@ -141,15 +95,17 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self, train_rows: Sequence[dict], eval_rows: Sequence[dict] | None):
         cfg, acc = self.cfg, self.acc
-        self.trunk = self._build_trunk_cache(train_rows) if cfg.cache_frozen_trunk else None
-        if self.trunk is not None:
-            train_rows = [dict(r, row_index=i) for i, r in enumerate(train_rows)]
+        t0 = time.perf_counter()
+        train_rows = self.step.prepare(self.model, train_rows)  # e.g. a frozen-trunk cache
+        self.prepare_seconds = time.perf_counter() - t0  # counted as training time (honest cost)
         # The train loader is not handed to accelerate: our batch sampler shards by process and
         # skips on resume, so data order never depends on a wrapper's iteration counter.
         self.train_loader, self.batches = make_loader(
             train_rows, cfg.batch_size, self.collate, train=True, seed=self.seed,
-            group_by_length=self.group_by_length, rank=acc.process_index, world=acc.num_processes)
-        steps_per_epoch = math.ceil(self.batches.batches_per_epoch() / cfg.grad_accum)
+            group_by_length=self.group_by_length, rank=acc.process_index, world=acc.num_processes,
+            row_length=self.step.row_length)
+        micro_per_epoch = self.batches.batches_per_epoch() * self.step.micro_per_batch()
+        steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
         total = cfg.max_steps or steps_per_epoch * cfg.epochs
         self.total_steps = total
         self.n_epochs = math.ceil(total / steps_per_epoch)
@@ -162,15 +118,6 @@ class Trainer:
         if eval_rows:
             self.eval_loader = eval_loader(eval_rows, cfg.eval_batch_size, self.eval_collate, acc)
 
-    def _build_trunk_cache(self, rows: Sequence[dict]) -> FrozenTrunkCache:
-        t0 = time.perf_counter()
-        trunk = FrozenTrunkCache(self.model)
-        trunk.build(rows, self.collate, self.cfg.eval_batch_size)
-        self.cache_seconds = time.perf_counter() - t0  # counted as training time (honest cost)
-        self.acc.print(f"cached the frozen trunk (layers 0-{trunk.k - 1}) for {len(rows)} rows "
-                       f"in {self.cache_seconds:.1f} s")
-        return trunk
-
     # ------------------------------------------------------------------ resume
     def _resume(self) -> LoopState:
         self._restore_rng: Callable[[], None] | None = None
@@ -180,23 +127,21 @@ class Trainer:
         saved, self._restore_rng = ckpt.load_checkpoint(path, self.acc.unwrap_model(self.model),
                                                         self.optimizer)
         self.scheduler.load_state_dict(saved.pop("scheduler"))
+        self.step.load_state_dict(saved.pop("step_state", {}))
         self.acc.print(f"resuming from {path} (step {saved['global_step']})")
         return LoopState(**saved)
 
     def _checkpoint(self, st: LoopState) -> None:
         if self.acc.is_main_process:
             ckpt.save_checkpoint(self.ckpt_dir, st.global_step, self.acc.unwrap_model(self.model),
-                                 self.optimizer, {**st.__dict__, "scheduler": self.scheduler.state_dict()},
+                                 self.optimizer, {**st.__dict__, "scheduler": self.scheduler.state_dict(),
+                                  "step_state": self.step.state_dict()},
                                  self.cfg.save_total_limit)
         self.acc.wait_for_everyone()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
-        if self.evaluate_fn is not None:
-            metrics = self.evaluate_fn(self.model, self.eval_loader, self.acc)
-        else:
-            logits, labels = predict_logits(self.model, self.eval_loader, self.acc)
-            metrics = self.metrics_fn(logits, labels)
+        metrics = self.evaluate_fn(self.model, self.eval_loader, self.acc)
         self.model.train()
         return metrics
 
@@ -232,10 +177,11 @@ class Trainer:
     def fit(self, train_rows: Sequence[dict], eval_rows: Sequence[dict] | None) -> FitResult:
         self._setup(train_rows, eval_rows)
         st = self._resume()
-        st.train_seconds += getattr(self, "cache_seconds", 0.0)
+        st.train_seconds += self.prepare_seconds
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step: int | None = None
         self.early_stopped = False
+        self._due: str | None = None
         # disable=None: a live bar on a terminal, none in logs (eval lines still print).
         bar = tqdm(total=self.total_steps, initial=st.global_step,
                    disable=None if self.acc.is_local_main_process else True,
@@ -267,40 +213,49 @@ class Trainer:
         return False
 
     def _run_epoch(self, st: LoopState, loader, bar) -> bool:
-        cfg, acc, model = self.cfg, self.acc, self.model
         batches = iter(loader)
         if self._restore_rng is not None:  # resumed: RNG as it was at the checkpoint, from here on
             self._restore_rng()
             self._restore_rng = None
-        t0, micro = time.perf_counter(), 0
-        device = acc.device
+        self._t0, self._micro = time.perf_counter(), 0
+        per_epoch = self.batches.batches_per_epoch()
         for batch in batches:
-            tokens = batch_tokens(batch, batch.pop("num_tokens", None))  # on the CPU batch: no device sync
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            rows = batch.pop("row_index", None)
-            if self.trunk is not None:
-                with self.trunk.active(rows, batch["attention_mask"]):
-                    out = model(**batch)
-            else:
-                out = model(**batch)
-            loss = out.loss / cfg.grad_accum
-            if not torch.isfinite(loss.detach()).all():
-                raise TrainingDiverged(self._diverged_message(st, loss))
-            acc.backward(loss)
-            micro += 1
+            micro_batches = self.step.micro_batches(self.model, batch)
             st.batches_in_epoch += 1
-            st.train_samples += batch["input_ids"].shape[0] * acc.num_processes
-            st.train_tokens += tokens * acc.num_processes
-            last = st.batches_in_epoch >= self.batches.batches_per_epoch()
-            if micro % cfg.grad_accum and not last:
-                continue  # accumulate; the epoch's last batch always ends with a step
-            self._optimizer_step(st)
-            st.train_seconds += time.perf_counter() - t0
-            if self._after_step(st, loss.detach().float().item() * cfg.grad_accum, bar):
+            last_batch = st.batches_in_epoch >= per_epoch
+            stop = False
+            for i, micro in enumerate(micro_batches):
+                stop = self._train_micro(st, micro, bar, last=last_batch and i == len(micro_batches) - 1)
+                if stop:
+                    break
+            # Evaluations and checkpoints fall due at optimizer steps but run between loader
+            # batches, so a checkpoint never lands inside a batch's micro-batches (exact resume).
+            if self._flush_due(st) or stop:
                 return True
-            t0 = time.perf_counter()
-        st.train_seconds += time.perf_counter() - t0
+        st.train_seconds += time.perf_counter() - self._t0
         return False
+
+    def _train_micro(self, st: LoopState, batch: dict[str, Any], bar, *, last: bool) -> bool:
+        """Backward one micro-batch; every ``grad_accum`` of them (and the epoch's last) step the
+        optimizer. Return True to stop training."""
+        cfg, acc = self.cfg, self.acc
+        samples, tokens = self.step.count(batch)  # on the CPU batch: no device sync
+        batch = {k: v.to(acc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+        loss = self.step.loss(self.model, batch) / cfg.grad_accum
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(self._diverged_message(st, loss))
+        acc.backward(loss)
+        self._micro += 1
+        st.train_samples += samples * acc.num_processes
+        st.train_tokens += tokens * acc.num_processes
+        if self._micro % cfg.grad_accum and not last:
+            return False  # accumulate; the epoch's last micro-batch always ends with a step
+        self._optimizer_step(st)
+        st.train_seconds += time.perf_counter() - self._t0
+        stop = self._after_step(st, loss.detach().float().item() * cfg.grad_accum, bar)
+        self._t0 = time.perf_counter()
+        return stop
 
     def _optimizer_step(self, st: LoopState) -> None:
         if self.cfg.max_grad_norm:
@@ -321,12 +276,23 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.1f}", refresh=False)
             self.log({"event": "train", "step": st.global_step, "epoch": st.epoch, "loss": loss,
                       "lr": lr, "samples_per_second": sps, "tokens_per_second": tps})
-        stop = False
         if cfg.eval_strategy == "steps" and self._evaluating() and st.global_step % cfg.eval_steps == 0:
+            self._due = "eval"
+        elif cfg.save_steps and st.global_step % cfg.save_steps == 0 and self._due is None:
+            self._due = "save"
+        return st.global_step >= self.total_steps
+
+    def _flush_due(self, st: LoopState) -> bool:
+        """Run the evaluation or checkpoint that fell due; return True when early stopping says stop."""
+        due, self._due = self._due, None
+        if due == "eval":
+            t0 = time.perf_counter()
             stop = self._eval_and_save(st)
-        elif cfg.save_steps and st.global_step % cfg.save_steps == 0:
+            self._t0 += time.perf_counter() - t0  # evaluation is not training time
+            return stop
+        if due == "save":
             self._checkpoint(st)
-        return stop or st.global_step >= self.total_steps
+        return False
 
     def _diverged_message(self, st: LoopState, loss: torch.Tensor) -> str:
         last = ckpt.latest_checkpoint(self.ckpt_dir)

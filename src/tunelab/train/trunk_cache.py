@@ -6,11 +6,16 @@ once per training example, then every training step skips those blocks: block 0 
 hidden states and blocks 1..k-1 pass them through. Only the trainable top of the network runs.
 This is the "frozen feature" trick of feature-based transfer (Devlin et al., 2019, BERT, Sec. 5.3),
 applied to partial fine-tuning. The cost: the frozen blocks see no dropout during training.
+
+It works for any network whose blocks sit in one list (transformer layers, a CNN's ``features``):
+rows with an ``attention_mask`` keep only their real positions; others (images) keep the whole
+block output. :class:`CachedTrunkStep` plugs it into the engine as a training step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,7 +23,6 @@ import torch
 from torch import nn
 
 from tunelab.errors import UserError
-from tunelab.methods.prompt import prompt_modules
 from tunelab.models.layers import find_layer_list
 
 
@@ -36,11 +40,15 @@ def frozen_prefix(model: nn.Module) -> int:
 
     Raises a UserError naming the reason when no block can be cached.
     """
-    if prompt_modules(model):
-        raise UserError("train.cache_frozen_trunk=true cannot be used with prompt_tuning, prefix_tuning or "
-                        "ptuning_v2: their trainable virtual tokens enter every layer, so no layer's output "
-                        "is fixed; set it to false")
-    _, layers = find_layer_list(model)
+    virtual = [m for m in model.modules() if getattr(m, "tunelab_virtual_tokens", False)]
+    if virtual:
+        raise UserError(f"train.cache_frozen_trunk=true cannot be used with {getattr(virtual[0], 'method', 'a')}: "
+                        "its trainable virtual tokens enter every layer, so no layer's output is fixed; "
+                        "set it to false")
+    try:
+        _, layers = find_layer_list(model)
+    except ValueError:
+        raise UserError(f"train.cache_frozen_trunk=true: {type(model).__name__} has no list of blocks to cache") from None
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None and any(p.requires_grad for p in emb.parameters()):
         raise UserError("train.cache_frozen_trunk=true needs frozen embeddings, but they train")
@@ -61,38 +69,50 @@ class FrozenTrunkCache:
         self.layers = find_layer_list(model)[1]
         self.states: list[torch.Tensor] = []
         self.tuple_output = False
+        self.masked = True
 
     @torch.inference_mode()
-    def build(self, rows: Sequence[dict], collate, batch_size: int = 64) -> None:
-        """Run the frozen trunk once over ``rows`` (eval mode), longest first to limit padding."""
+    def build(self, rows: Sequence[dict], collate, batch_size: int = 64,
+              forward: Callable[[nn.Module, dict], Any] | None = None) -> None:
+        """Run the frozen trunk once over ``rows`` (eval mode), longest first to limit padding.
+
+        ``forward(model, batch)`` calls the model (default ``model(**batch)``)."""
+        forward = forward or (lambda model, batch: model(**batch))
         was_training = self.model.training
         self.model.eval()
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].get("input_ids", ())))
         self.states = [torch.empty(0)] * len(rows)
 
         def stop(module, args, output):
             raise _Stop(output)
 
         handle = self.layers[self.k - 1].register_forward_hook(stop)
+        device = next(self.model.parameters()).device
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = collate([{k: v for k, v in rows[i].items() if k not in ("labels", "row_index")}
                                  for i in idx])
-                batch = {k: v.to(next(self.model.parameters()).device) for k, v in batch.items()}
+                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                 try:
-                    self.model(**batch)
+                    forward(self.model, batch)
                 except _Stop as s:
-                    self.tuple_output = not isinstance(s.output, torch.Tensor)
-                    hidden, mask = _hidden(s.output), batch["attention_mask"].bool()
-                    for j, i in enumerate(idx):
-                        self.states[i] = hidden[j][mask[j]].clone()
+                    self._store(idx, s.output, batch.get("attention_mask"))
         finally:
             handle.remove()
             self.model.train(was_training)
 
-    def _padded(self, indices: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cached states placed at the attention mask's positions (either padding side)."""
+    def _store(self, idx: list[int], output: Any, mask: torch.Tensor | None) -> None:
+        self.tuple_output = not isinstance(output, torch.Tensor)
+        hidden = _hidden(output)
+        self.masked = mask is not None
+        for j, i in enumerate(idx):
+            self.states[i] = (hidden[j][mask[j].bool()] if mask is not None else hidden[j]).clone()
+
+    def _padded(self, indices: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Cached states placed at the attention mask's positions (either padding side), or stacked."""
+        if mask is None or not self.masked:
+            return torch.stack([self.states[i] for i in indices.tolist()])
         first = self.states[int(indices[0])]
         out = first.new_zeros(mask.shape[0], mask.shape[1], first.shape[-1])
         for j, i in enumerate(indices.tolist()):
@@ -100,9 +120,10 @@ class FrozenTrunkCache:
         return out
 
     @contextmanager
-    def active(self, indices: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
+    def active(self, indices: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Iterator[None]:
         """Within this context the first ``k`` blocks are replaced by the cached states."""
-        cached = self._padded(indices, attention_mask)
+        cached = self._padded(indices.cpu(), attention_mask).to(attention_mask.device if attention_mask is not None
+                                                               else indices.device)
         wrap = (lambda h: (h,)) if self.tuple_output else (lambda h: h)
 
         def first_block(hidden_states, *args, **kwargs):
@@ -120,3 +141,46 @@ class FrozenTrunkCache:
         finally:
             for block in patched:
                 del block.forward  # back to the class's forward
+
+
+class CachedTrunkStep:
+    """A training step that runs only the trainable top: wraps another step (default behaviour
+    for everything but the forward pass, which sees the cached trunk).
+
+    ``forward(model, batch)`` is how the inner step calls the model; rows gain a ``row_index``.
+    """
+
+    def __init__(self, inner: Any, collate, batch_size: int, *, log: Callable[[str], None] = print) -> None:
+        self.inner, self.collate, self.batch_size, self.log = inner, collate, batch_size, log
+        self.cache: FrozenTrunkCache | None = None
+
+    def prepare(self, model: nn.Module, rows: Sequence[dict]) -> Sequence[dict]:
+        t0 = time.perf_counter()
+        self.cache = FrozenTrunkCache(model)
+        self.cache.build(rows, self.collate, self.batch_size, forward=getattr(self.inner, "forward", None))
+        self.log(f"cached the frozen trunk (layers 0-{self.cache.k - 1}) for {len(rows)} rows "
+                 f"in {time.perf_counter() - t0:.1f} s")
+        return [dict(r, row_index=i) for i, r in enumerate(self.inner.prepare(model, rows))]
+
+    def micro_batches(self, model: nn.Module, batch: dict) -> list[dict]:
+        return self.inner.micro_batches(model, batch)
+
+    def micro_per_batch(self) -> int:
+        return self.inner.micro_per_batch()
+
+    def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        assert self.cache is not None, "prepare() builds the cache before the first step"
+        with self.cache.active(batch["row_index"], batch.get("attention_mask")):
+            return self.inner.loss(model, batch)
+
+    def count(self, batch: dict) -> tuple[int, int]:
+        return self.inner.count(batch)
+
+    def row_length(self, row: dict) -> int | None:
+        return self.inner.row_length(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)

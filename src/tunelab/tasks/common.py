@@ -1,0 +1,55 @@
+"""Helpers tasks share: logits over a loader, an inference accelerator, reading inputs to predict.
+
+Nothing here names a task; tasks import it, glue code does not need to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+Forward = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
+
+
+def hf_logits(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits of a Hugging Face model called with the batch's keyword arguments."""
+    return model(**batch).logits
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader, accelerator, forward: Forward = hf_logits
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (and labels when present) over a prepared loader, gathered across processes."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for batch in loader:
+        labels = batch.pop("labels", None)
+        batch.pop("row_index", None)
+        logits = accelerator.gather_for_metrics(forward(model, batch))
+        all_logits.append(logits.float().cpu())
+        if labels is not None:
+            all_labels.append(accelerator.gather_for_metrics(labels).cpu())
+    logits_np = torch.cat(all_logits).numpy()
+    labels_np = torch.cat(all_labels).numpy() if all_labels else None
+    return logits_np, labels_np
+
+
+def inference_accelerator():
+    """An accelerator for eval/predict outside training (GPU when there is one)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def write_or_print(lines: list[str], out: str | None, what: str) -> None:
+    """JSON lines to ``out`` (with a one-line note) or to stdout."""
+    if out:
+        Path(out).write_text("".join(line + "\n" for line in lines))
+        print(f"wrote {len(lines)} {what} to {out}")
+    else:
+        print("\n".join(lines))
