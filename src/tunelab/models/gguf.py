@@ -52,7 +52,7 @@ def install_hint(package: str) -> str:
 
 def gguf_source(alias: str) -> Path:
     """The GGUF file of a built-in model; a missing package or ``gguf`` reader is a UserError."""
-    from tunelab.assets import BUILTIN_MODELS, package_dir
+    from tunelab.models.registry import BUILTIN_MODELS, package_dir
 
     entry = BUILTIN_MODELS[alias]
     if entry.gguf_file is None:
@@ -87,7 +87,7 @@ def source_key(gguf_path: Path, package: str) -> str:
 
 def cache_folder(alias: str) -> Path:
     """Where the converted folder of a GGUF built-in model lies (or will lie); converts nothing."""
-    from tunelab.assets import BUILTIN_MODELS
+    from tunelab.models.registry import BUILTIN_MODELS
 
     source = gguf_source(alias)
     return cache_root() / "models" / f"{alias}-{source_key(source, BUILTIN_MODELS[alias].package)}"

@@ -31,6 +31,11 @@ def resolve_model(ref: str) -> str:
     Order: built-in alias, existing local folder, hub id (only when the hub is not offline).
     """
     if ref in BUILTIN_MODELS:
+        entry = BUILTIN_MODELS[ref]
+        if entry.task is not None:
+            raise UserError(f"built-in model '{ref}' is a {entry.architecture or 'non-Hugging Face'} model for "
+                            f"task.name={entry.task}; this task needs a Hugging Face model: "
+                            f"{', '.join(a for a, e in BUILTIN_MODELS.items() if e.task is None)}")
         return str(builtin_model_path(ref))
     path = Path(ref).expanduser()
     if path.is_dir():

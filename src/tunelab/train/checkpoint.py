@@ -26,8 +26,24 @@ WEIGHTS = "trainable.safetensors"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters that train (what a checkpoint and an adapter-only save hold)."""
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    """Parameters that train (what a checkpoint and an adapter-only save hold), plus the running
+    statistics of modules whose own parameters train (a BatchNorm that trains updates them)."""
+    state = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().contiguous().cpu() for n, b in trained_buffers(model).items()})
+    return state
+
+
+def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers of modules that have both their own trainable parameters and their own buffers
+    (BatchNorm's running mean/variance): they change in training, so they are saved with it."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if own and any(p.requires_grad for p in own):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and name in module._buffers and name not in module._non_persistent_buffers_set:
+                    out[f"{prefix}.{name}" if prefix else name] = buf
+    return out
 
 
 def finalize(model: nn.Module) -> int:
@@ -47,8 +63,10 @@ def finalize(model: nn.Module) -> int:
 
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy saved trainable tensors back; every trainable parameter must be present."""
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
+    buffers = trained_buffers(model)
+    expected = {n for n, p in params.items() if p.requires_grad} | set(buffers)
+    params.update(buffers)
     missing, extra = expected - weights.keys(), weights.keys() - params.keys()
     if missing or extra:
         raise ValueError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
