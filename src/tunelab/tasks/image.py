@@ -143,10 +143,17 @@ def hf_preprocessing(folder: str) -> ImagePreprocessing:
         proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError):
         return IMAGENET
-    size = getattr(proc, "size", None) or {}
-    side = size.get("height") or size.get("shortest_edge") or 224 if isinstance(size, dict) else int(size)
+    side = _side(getattr(proc, "size", None))
     mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
     return ImagePreprocessing(int(side), None, tuple(mean or IMAGENET.mean), tuple(std or IMAGENET.std))
+
+
+def _side(size: Any) -> int:
+    """The square input side of an image processor's ``size`` (an int, a dict or a SizeDict)."""
+    if isinstance(size, int):
+        return size
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    return int(get("height") or get("shortest_edge") or 224)
 
 
 # ---------------------------------------------------------------------------- data
