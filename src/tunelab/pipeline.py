@@ -24,7 +24,7 @@ from tunelab.data.columns import require_columns
 from tunelab.data.labels import LabelMap
 from tunelab.data.readers import load_source
 from tunelab.errors import UserError
-from tunelab.methods import VIRTUAL_TOKEN_METHODS, apply_methods, count_parameters
+from tunelab.methods import apply_methods, count_parameters, get_method
 from tunelab.models.loading import fingerprint, load_tokenizer, resolve_model
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import Task, get_task
@@ -45,7 +45,7 @@ def encode_splits(task, tokenizer, prep: Prepared, max_length: int) -> dict[str,
 def check_task_methods(cfg: RunConfig) -> None:
     """Refuse task x method combinations that cannot work, before anything is loaded."""
     if cfg.task.name == "sft" and cfg.task.packing:
-        virtual = [m.name for m in cfg.methods() if m.name in VIRTUAL_TOKEN_METHODS]
+        virtual = [m.name for m in cfg.methods() if get_method(m.name).virtual_tokens]
         if virtual:
             raise UserError(f"task.packing cannot be used with method '{virtual[0]}': its virtual tokens need "
                             "one example per row (a 2-D attention mask); set task.packing=false")

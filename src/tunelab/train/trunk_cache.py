@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import UserError
+from tunelab.methods import VIRTUAL_TOKEN_METHODS
 from tunelab.methods.prompt import prompt_modules
 from tunelab.models.layers import find_layer_list
 
@@ -37,9 +38,10 @@ def frozen_prefix(model: nn.Module) -> int:
     Raises a UserError naming the reason when no block can be cached.
     """
     if prompt_modules(model):
-        raise UserError("train.cache_frozen_trunk=true cannot be used with prompt_tuning, prefix_tuning or "
-                        "ptuning_v2: their trainable virtual tokens enter every layer, so no layer's output "
-                        "is fixed; set it to false")
+        *others, last = VIRTUAL_TOKEN_METHODS
+        raise UserError(f"train.cache_frozen_trunk=true cannot be used with {', '.join(others)} or {last}: "
+                        "their trainable virtual tokens enter every layer, so no layer's output is fixed; "
+                        "set it to false")
     _, layers = find_layer_list(model)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None and any(p.requires_grad for p in emb.parameters()):
