@@ -78,24 +78,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import UserError, unknown
-from tunelab.methods import apply_methods, check_composition, get_method
+from tunelab.methods import METHODS, apply_methods, check_composition, get_method
 from tunelab.methods.base import MethodConfig
 from tunelab.methods.lora import LoRAConfig, LoRALinear
 from tunelab.models.layers import head_parameter_names
 from tunelab.models.loading import fingerprint
 from tunelab.train.checkpoint import finalize
 
-SUPPORTED_METHODS = ("lora", "ia3", "adapter", "parallel_adapter", "bitfit")
-"""Methods whose result can be swapped in and out of a shared base."""
+SUPPORTED_METHODS = tuple(sorted((n for n, s in METHODS.items() if s.swappable), key=lambda n: METHODS[n].in_place))
+"""Methods whose result can be swapped in and out of a shared base (:attr:`MethodSpec.swappable`):
+those that add modules first, then those that train base tensors in place, each in registry order."""
 
-_REFUSED_WHY = {
-    "full": "trains every base weight",
-    "freeze": "retrains whole base layers",
-    "qlora": "quantises the base weights in place",
-    "prompt_tuning": "adds virtual tokens through hooks on the backbone",
-    "prefix_tuning": "adds virtual tokens through hooks on the backbone",
-    "ptuning_v2": "adds virtual tokens through hooks on the backbone",
-}
 MANIFEST = "adapters.json"
 BASE_HEAD = "base_head.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -683,7 +676,7 @@ def _check_methods(name: str, methods: list[MethodConfig]) -> None:
     for cfg in methods:
         method = getattr(cfg, "name", type(cfg).__name__)
         if method not in SUPPORTED_METHODS:
-            why = _REFUSED_WHY.get(method, "is not supported by multi-adapter")
+            why = getattr(METHODS.get(method), "why_not_swappable", "") or "is not supported by multi-adapter"
             raise UserError(f"adapter '{name}': method '{method}' {why}, so it cannot share a base with other "
                             f"adapters; supported: {', '.join(SUPPORTED_METHODS)} (lora with DoRA/rsLoRA too)")
     check_composition(methods)
@@ -731,7 +724,7 @@ def _set_owned(adapter: Adapter, base_name: str, value: torch.Tensor) -> None:
 def _check_plain_lora(adapter: Adapter, head_names: list[str]) -> None:
     """A weighted combination takes plain LoRA on linear layers only (plus a head)."""
     why = ""
-    if adapter.method_names != ["lora"]:
+    if [type(m) for m in adapter.methods] != [LoRAConfig]:
         why = f"uses {'+'.join(adapter.method_names)}"
     elif getattr(adapter.methods[0], "use_dora", False):
         why = "uses DoRA, whose magnitude rescaling is not linear in the update"

@@ -242,10 +242,15 @@ def choose(summaries: Sequence[RunSummary], budget: str, tolerance: float = DEFA
 
 
 def full_run(summaries: Sequence[RunSummary]) -> RunSummary | None:
-    """The successful full fine-tuning run (method ``full``, else label ``full``), if any."""
+    """The successful full fine-tuning run, if any: the run of one method that trains everything
+    (:attr:`~tunelab.methods.base.MethodSpec.trains_everything`, i.e. ``full``), else the run
+    labelled with such a method's name."""
+    from tunelab.methods import METHODS  # here: reading and writing reports needs no torch otherwise
+
+    everything = {name for name, spec in METHODS.items() if spec.trains_everything}
     scored = _scored(summaries)
-    return next((s for s in scored if s.method == ["full"]), None) or next(
-        (s for s in scored if s.label == "full"), None)
+    return next((s for s in scored if len(s.method) == 1 and s.method[0] in everything), None) or next(
+        (s for s in scored if s.label in everything), None)
 
 
 def trade_off(run: RunSummary, ref: RunSummary) -> str:
