@@ -7,7 +7,8 @@
   tunelab run directory.
 * :func:`export_merged` -- adapters folded into the base, saved as a plain transformers model.
 
-Per-method peft converters are registered in :data:`tunelab.interop.peft_format.CONVERTERS`.
+peft converters are registered by ``peft_type`` in :data:`tunelab.interop.peft_format.CONVERTERS`;
+a method exports to peft when its spec names one (:attr:`tunelab.methods.base.MethodSpec.peft_type`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ original module names; ``full``, ``freeze`` and ``bitfit`` already changed the b
 place, so their model is saved as it is. Bottleneck adapters (serial or parallel) put a nonlinear
 module in the forward pass, which no weight change reproduces, so they are refused.
 
+Which method is which is read off its spec: :attr:`~tunelab.methods.base.MethodSpec.merge_modules`
+lists the wrappers to fold, :attr:`~tunelab.methods.base.MethodSpec.in_place` says there is nothing
+to fold, and :attr:`~tunelab.methods.base.MethodSpec.why_not_mergeable` words a refusal.
+
 The result is a ``save_pretrained`` folder (safetensors weights, ``config.json`` with the label
 names in ``id2label``, tokenizer) that ``AutoModelForSequenceClassification.from_pretrained`` loads
 without tunelab.
@@ -13,7 +17,6 @@ without tunelab.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -21,48 +24,23 @@ from torch import nn
 from tunelab.config import RunConfig, validate_config
 from tunelab.errors import UserError
 from tunelab.interop.folders import check_out_dir, input_folders, open_finished_run, staged_dir
-from tunelab.methods.ia3 import ia3_modules
-from tunelab.methods.lora import lora_modules
-from tunelab.methods.qlora import dequantize_linear, quantized_linears
-from tunelab.methods.targets import replace_module, unwrap_all
+from tunelab.methods import METHODS, get_method
+from tunelab.methods.targets import unwrap_all
 
 
-def _no_wrappers(model: nn.Module) -> dict[str, nn.Module]:
-    """Methods that train base parameters directly leave nothing to fold."""
-    return {}
-
-
-def _dequantized_lora_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """QLoRA: turn every 4-bit base linear back into a float32 ``nn.Linear`` (in place), so its LoRA
-    wrappers merge into float weights exactly; the merged model is a plain fp32 model."""
-    for name, module in quantized_linears(model).items():
-        replace_module(model, name, dequantize_linear(module).float())
-    return lora_modules(model)
-
-
-MERGEABLE: dict[str, Callable[[nn.Module], dict[str, nn.Module]]] = {
-    "full": _no_wrappers,
-    "freeze": _no_wrappers,
-    "bitfit": _no_wrappers,
-    "lora": lora_modules,
-    "qlora": _dequantized_lora_modules,
-    "ia3": ia3_modules,
-}
-"""Method name -> the wrapper modules it injected (each with ``merge()`` and ``base_layer``)."""
-
-WHY_NOT: dict[str, str] = {
-    "adapter": "serial bottleneck adapters add a nonlinear module to the forward pass",
-    "parallel_adapter": "parallel bottleneck adapters add a nonlinear module to the forward pass",
-}
+def mergeable_methods() -> list[str]:
+    """The methods whose runs ``--format merged`` writes (:attr:`MethodSpec.mergeable`), sorted."""
+    return sorted(name for name, spec in METHODS.items() if spec.mergeable)
 
 
 def check_mergeable(cfg: RunConfig, where: Path) -> None:
     """Refuse, in one line, a run using any method that cannot be folded into the base weights."""
     for method in cfg.methods():
-        if method.name not in MERGEABLE:
-            why = WHY_NOT.get(method.name, "it does not fold into the base weights")
+        spec = get_method(method.name)
+        if not spec.mergeable:
+            why = spec.why_not_mergeable or "it does not fold into the base weights"
             raise UserError(f"run {where} uses method '{method.name}', which cannot be merged: {why}; "
-                            f"--format merged supports {', '.join(sorted(MERGEABLE))}; the run directory "
+                            f"--format merged supports {', '.join(mergeable_methods())}; the run directory "
                             "itself still works with tunelab eval/predict")
 
 
@@ -70,7 +48,9 @@ def merge_into_base(model: nn.Module, cfg: RunConfig) -> nn.Module:
     """Fold every wrapper of the run's methods into its base layer and remove it (innermost first)."""
     wrappers: dict[str, nn.Module] = {}
     for method in cfg.methods():
-        wrappers.update(MERGEABLE[method.name](model))
+        found = get_method(method.name).merge_modules  # None: trained in place, nothing to fold
+        if found is not None:
+            wrappers.update(found(model))
     innermost_first = dict(sorted(wrappers.items(), key=lambda item: -item[0].count(".")))
     unwrap_all(model, innermost_first)
     left = [name for name, module in model.named_modules() if hasattr(module, "base_layer")]

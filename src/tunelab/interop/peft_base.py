@@ -56,15 +56,17 @@ COMMON_KEYS = frozenset({
 
 @dataclass(frozen=True)
 class PeftConverter:
-    """How one tunelab method maps onto one peft method (a registry entry).
+    """How one peft method maps onto tunelab (a registry entry, keyed by ``peft_type``).
 
-    Tensor names on the tunelab side are the model's parameter names; on the peft side they are
-    full on-disk keys (a converter adds any prefix itself, so methods with another layout -- prompt
-    tuning's ``prompt_embeddings`` -- fit the same shape).
+    Export uses it for every tunelab method whose spec names this ``peft_type`` (prefix tuning and
+    P-tuning v2 share ``PREFIX_TUNING``); import turns an adapter of this type into a run of method
+    :attr:`imports_as`. Tensor names on the tunelab side are the model's parameter names; on the
+    peft side they are full on-disk keys (a converter adds any prefix itself, so methods with
+    another layout -- prompt tuning's ``prompt_embeddings`` -- fit the same shape).
     """
 
-    method: str
-    """tunelab method name (``lora``)."""
+    imports_as: str
+    """The tunelab method an adapter of this type imports as (``lora``)."""
     peft_type: str
     """peft's ``peft_type`` (``LORA``)."""
     to_peft_config: Callable[[MethodConfig, nn.Module], dict[str, Any]]

@@ -7,8 +7,10 @@ Import (:func:`from_peft`) reads such a folder, works out the label count from t
 turns the config into the equivalent tunelab method config, checks every tensor against the base
 model, and writes a run directory that ``tunelab eval`` / ``predict`` / ``export`` read like any other.
 
-Converters are registered once per method in :data:`CONVERTERS` (see
-:class:`tunelab.interop.peft_base.PeftConverter`); adding a method is one converter module.
+Converters are registered once per peft method in :data:`CONVERTERS`, keyed by ``peft_type`` (see
+:class:`tunelab.interop.peft_base.PeftConverter`); a tunelab method exports to peft when its spec
+names such a type (:attr:`tunelab.methods.base.MethodSpec.peft_type`). Adding a peft method is one
+converter module.
 """
 
 from __future__ import annotations
@@ -27,17 +29,19 @@ from tunelab.config import RunConfig, apply_override, to_yaml_dict, validate_con
 from tunelab.data.builtin import BUILTIN_DATASETS
 from tunelab.data.labels import LabelMap
 from tunelab.errors import UserError
-from tunelab.interop import merged, peft_ia3, peft_lora, peft_prefix, peft_prompt
+from tunelab.interop import peft_ia3, peft_lora, peft_prefix, peft_prompt
 from tunelab.interop.folders import check_out_dir, input_folders, open_finished_run, staged_dir
 from tunelab.interop.peft_base import PeftConverter, head_modules, strip_prefix
-from tunelab.methods import count_parameters
+from tunelab.methods import METHODS, count_parameters, get_method
 from tunelab.models.layers import head_parameter_names
 from tunelab.models.loading import resolve_model
 from tunelab.run import RunDir
 
-CONVERTERS: dict[str, PeftConverter] = {c.method: c for c in (
-    peft_lora.CONVERTER, peft_ia3.CONVERTER, peft_prompt.CONVERTER, *peft_prefix.CONVERTERS)}
-"""tunelab method name -> its peft converter (import takes the first one of a ``peft_type``)."""
+CONVERTERS: dict[str, PeftConverter] = {c.peft_type: c for c in (
+    peft_lora.CONVERTER, peft_ia3.CONVERTER, peft_prompt.CONVERTER, peft_prefix.CONVERTER)}
+"""peft ``peft_type`` -> its converter. Export finds a run's converter through its method's
+:attr:`~tunelab.methods.base.MethodSpec.peft_type` (methods name the type, never import interop);
+import goes straight from the adapter's ``peft_type``."""
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -47,28 +51,33 @@ IMPORT_SETTABLE = ("data", "train", "seed")
 ``--model`` and ``--out``."""
 
 
+def exportable_methods() -> list[str]:
+    """The methods that export to peft: their spec names a ``peft_type`` tunelab converts."""
+    return [name for name, spec in METHODS.items() if spec.peft_type in CONVERTERS]
+
+
 def supported() -> str:
     """The methods that export to peft, for messages."""
-    return ", ".join(sorted(CONVERTERS))
+    return ", ".join(sorted(exportable_methods()))
 
 
 def converter_for_run(cfg: RunConfig, where: Path) -> PeftConverter:
     """The converter of a run's single method; anything else is a one-line error naming what works."""
     names = [m.name for m in cfg.methods()]
-    if len(names) == 1 and names[0] in CONVERTERS:
-        return CONVERTERS[names[0]]
+    peft_type = get_method(names[0]).peft_type if len(names) == 1 else None
+    if peft_type in CONVERTERS:
+        return CONVERTERS[peft_type]
     hint = ("; --format merged writes it as a plain transformers model instead"
-            if all(n in merged.MERGEABLE for n in names) else "")
+            if all(get_method(n).mergeable for n in names) else "")
     raise UserError(f"run {where} uses {' + '.join(names)}, which has no peft equivalent; --format peft "
                     f"supports a single method of: {supported()}{hint}")
 
 
 def converter_for_peft_type(peft_type: Any, where: str) -> PeftConverter:
     """The converter for peft's ``peft_type``; others are refused naming the ones tunelab reads."""
-    for converter in CONVERTERS.values():
-        if converter.peft_type == peft_type:
-            return converter
-    known = ", ".join(sorted({c.peft_type for c in CONVERTERS.values()}))
+    if isinstance(peft_type, str) and peft_type in CONVERTERS:
+        return CONVERTERS[peft_type]
+    known = ", ".join(sorted(CONVERTERS))
     raise UserError(f"{where}: peft_type {peft_type!r} has no tunelab equivalent; tunelab imports: {known}")
 
 

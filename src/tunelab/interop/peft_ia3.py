@@ -122,7 +122,7 @@ def from_peft_config(peft_cfg: dict[str, Any], tensors: dict[str, torch.Tensor],
 
 
 CONVERTER = PeftConverter(
-    method="ia3",
+    imports_as="ia3",
     peft_type="IA3",
     to_peft_config=to_peft_config,
     from_peft_config=from_peft_config,

@@ -168,7 +168,7 @@ def from_peft_config(peft_cfg: dict[str, Any], tensors: dict[str, torch.Tensor],
 
 
 CONVERTER = PeftConverter(
-    method="lora",
+    imports_as="lora",
     peft_type="LORA",
     to_peft_config=to_peft_config,
     from_peft_config=from_peft_config,

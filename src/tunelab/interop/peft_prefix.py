@@ -1,4 +1,4 @@
-"""Prefix tuning and P-tuning v2 <-> peft ``peft_type="PREFIX_TUNING"`` (two registry entries).
+"""Prefix tuning and P-tuning v2 <-> peft ``peft_type="PREFIX_TUNING"`` (one converter for both).
 
 Both tunelab methods end training with a key/value prefix table ``<method>.prefix_table`` of shape
 ``(n, layers * 2 * d)`` (prefix tuning folds its MLP into it, see :mod:`tunelab.methods.prefix`).
@@ -19,7 +19,6 @@ for peft's MLP or initialisation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,14 +72,12 @@ def to_peft_config(cfg: MethodConfig, model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _to_peft_key(method: str) -> Callable[[str, torch.Tensor, nn.Module], tuple[str, torch.Tensor] | None]:
-    """``<method>.prefix_table`` -> ``prompt_embeddings``, for one tunelab method."""
-    name = f"{method}.{_TABLE}"
-
-    def to_peft_key(param: str, tensor: torch.Tensor, model: nn.Module) -> tuple[str, torch.Tensor] | None:
-        return (PROMPT_KEY, tensor) if param == name else None
-
-    return to_peft_key
+def to_peft_key(param: str, tensor: torch.Tensor, model: nn.Module) -> tuple[str, torch.Tensor] | None:
+    """``<method>.prefix_table`` -> ``prompt_embeddings``: the table of the model's key/value prefix,
+    whichever prefix method attached it (under its own name, see :meth:`VirtualTokens.attach`)."""
+    owner, _, leaf = param.partition(".")
+    is_table = leaf == _TABLE and isinstance(getattr(model, owner, None), KeyValuePrefix)
+    return (PROMPT_KEY, tensor) if is_table else None
 
 
 # ---------------------------------------------------------------------------- peft -> tunelab
@@ -106,20 +103,13 @@ def from_peft_config(peft_cfg: dict[str, Any], tensors: dict[str, torch.Tensor],
     return {"name": IMPORTED_AS, "num_virtual_tokens": count}
 
 
-def _converter(method: str) -> PeftConverter:
-    """The converter of one tunelab prefix method; both import as :data:`IMPORTED_AS`."""
-    return PeftConverter(
-        method=method,
-        peft_type="PREFIX_TUNING",
-        to_peft_config=to_peft_config,
-        from_peft_config=from_peft_config,
-        to_peft_key=_to_peft_key(method),
-        from_peft_key=from_peft_key,
-        model_prefix=PROMPT_LEARNING_PREFIX,
-    )
-
-
-PTUNING_V2 = _converter("ptuning_v2")
-PREFIX_TUNING = _converter("prefix_tuning")
-CONVERTERS = (PTUNING_V2, PREFIX_TUNING)
-"""P-tuning v2 first: the converter import picks for PREFIX_TUNING (either gives the same run)."""
+CONVERTER = PeftConverter(
+    imports_as=IMPORTED_AS,
+    peft_type="PREFIX_TUNING",
+    to_peft_config=to_peft_config,
+    from_peft_config=from_peft_config,
+    to_peft_key=to_peft_key,
+    from_peft_key=from_peft_key,
+    model_prefix=PROMPT_LEARNING_PREFIX,
+)
+"""One converter for both prefix methods: export takes either one's table, import gives :data:`IMPORTED_AS`."""

@@ -92,7 +92,7 @@ def from_peft_config(peft_cfg: dict[str, Any], tensors: dict[str, torch.Tensor],
 
 
 CONVERTER = PeftConverter(
-    method="prompt_tuning",
+    imports_as="prompt_tuning",
     peft_type="PROMPT_TUNING",
     to_peft_config=to_peft_config,
     from_peft_config=from_peft_config,

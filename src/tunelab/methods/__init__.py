@@ -42,15 +42,17 @@ VIRTUAL_TOKEN_METHODS = tuple(name for name, spec in METHODS.items() if spec.vir
 
 
 def check_composition(configs: list[MethodConfig]) -> None:
-    """Refuse combinations that make no sense: ``full`` with anything, a method twice, two methods
-    that rewrap the same linear layers (LoRA, QLoRA, IA3), and ``freeze`` over QLoRA's 4-bit
-    weights (which cannot train). Virtual-token methods refuse each other when applied."""
+    """Refuse combinations that make no sense: a method that trains everything (``full``) with
+    anything, a method twice, two methods that rewrap the same linear layers (LoRA, QLoRA, IA3), and
+    ``freeze`` over QLoRA's 4-bit weights (which cannot train). Virtual-token methods refuse each
+    other when applied."""
     names = [c.name for c in configs]  # type: ignore[attr-defined]
     if len(set(names)) != len(names):
         raise UserError(f"methods repeat a name: {names}; list each method once")
-    if "full" in names and len(names) > 1:
+    everything = [n for n in names if n in METHODS and METHODS[n].trains_everything]
+    if everything and len(names) > 1:
         raise UserError(
-            f"method 'full' already trains every parameter; it cannot be combined with {names[1:]}"
+            f"method '{everything[0]}' already trains every parameter; it cannot be combined with {names[1:]}"
         )
     clash = [n for n in names if n in LINEAR_REWRAPPERS]
     if len(clash) > 1:

@@ -339,6 +339,8 @@ SPEC_SERIAL = MethodSpec(
     apply=apply_serial,
     description="Houlsby adapters: bottleneck MLPs with a skip after the attention/FFN output projections.",
     paper="Houlsby et al., 2019, Parameter-Efficient Transfer Learning for NLP, arXiv:1902.00751",
+    swappable=True,
+    why_not_mergeable="serial bottleneck adapters add a nonlinear module to the forward pass",
 )
 
 SPEC_PARALLEL = MethodSpec(
@@ -347,6 +349,8 @@ SPEC_PARALLEL = MethodSpec(
     apply=apply_parallel,
     description="Parallel adapters: a scaled bottleneck MLP on the sublayer input added to its output.",
     paper="He et al., 2022, Towards a Unified View of Parameter-Efficient Transfer Learning, arXiv:2110.04366",
+    swappable=True,
+    why_not_mergeable="parallel bottleneck adapters add a nonlinear module to the forward pass",
 )
 
 SPECS = [SPEC_SERIAL, SPEC_PARALLEL]

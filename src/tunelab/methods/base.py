@@ -9,7 +9,7 @@ A method never imports a task.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,12 @@ class MethodConfig(BaseModel):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registry entry: one per method module."""
+    """A registry entry: one per method module, naming the method and declaring what it can do.
+
+    The capability fields below are the only place that says which methods can do what: the
+    pipeline, interop (peft and merged export), the adapter set and compare read them from the
+    registry (:data:`tunelab.methods.METHODS`) and keep no lists of method names of their own.
+    """
 
     name: str
     config_cls: type[MethodConfig]
@@ -35,7 +40,43 @@ class MethodSpec:
     description: str
     """One line for ``tunelab methods``."""
     paper: str = ""
+
+    # ---------------------------------------------------------------- capabilities
     wraps_linear: bool = False
-    """It replaces the model's Linear modules with its own wrapper (at most one such method per model)."""
+    """It replaces the model's Linear modules with its own wrapper (LoRA, QLoRA, IA3): at most one
+    such method per model."""
     virtual_tokens: bool = False
-    """It puts trainable virtual tokens in front of every row (needs one example per row, a 2-D mask)."""
+    """It puts virtual tokens in front of every row (prompt/prefix tuning, P-tuning v2): they need a
+    2-D attention mask (no packing) and enter every layer (no frozen-trunk cache)."""
+    trains_everything: bool = False
+    """It trains every parameter (full fine-tuning): it combines with no other method, and a
+    comparison states the other runs' trade-offs against it."""
+    in_place: bool = False
+    """It adds no modules, only marks base parameters trainable (full, freeze, BitFit): the trained
+    model is already a plain model, so a merged export has nothing to fold."""
+    merge_modules: Callable[[nn.Module], Mapping[str, nn.Module]] | None = None
+    """For a method that injects wrappers whose update is linear in the weights: the trained model
+    -> its wrappers by module name (each with ``merge()`` and ``base_layer``), which a merged export
+    folds into the base layers. May convert the model first (QLoRA dequantises its base)."""
+    why_not_mergeable: str = ""
+    """Why a method that is not :attr:`mergeable` cannot be, for the one-line refusal."""
+    swappable: bool = False
+    """Its result can share one base with other adapters in a :class:`tunelab.adapters.AdapterSet`:
+    it only wraps base modules (keeping them as ``base_layer``), registers hooks, or trains small
+    base tensors the set can copy per adapter."""
+    why_not_swappable: str = ""
+    """Why a method that is not :attr:`swappable` cannot share a base, for the one-line refusal
+    (completes "method 'NAME' ...")."""
+    peft_type: str | None = None
+    """peft's ``peft_type`` of the same method (``"LORA"``), or None when peft has no equivalent.
+
+    The converter itself lives in :mod:`tunelab.interop.peft_format`, keyed by this type. The
+    direction is deliberate: interop imports methods (to rebuild and adapt a run's model), so a
+    method must not import interop; the spec names the peft method as plain data, and interop
+    looks up the converter for it (a test checks every named type has one). Several methods may
+    share a type (prefix tuning and P-tuning v2 both export as ``PREFIX_TUNING``)."""
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether a run of this method can be saved as a plain model with its training folded in."""
+        return self.in_place or self.merge_modules is not None

@@ -47,4 +47,6 @@ SPEC = MethodSpec(
     apply=apply,
     description="BitFit: train only the bias terms.",
     paper="Ben Zaken, Ravfogel & Goldberg, 2022, BitFit (ACL), arXiv:2106.10199",
+    in_place=True,
+    swappable=True,
 )

@@ -145,4 +145,6 @@ SPEC = MethodSpec(
     apply=apply,
     description="Partial fine-tuning: train the top/bottom N layers or parameters matching regexes.",
     paper="Lee, Tang & Lin, 2019, What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning, arXiv:1911.03090",
+    in_place=True,
+    why_not_swappable="retrains whole base layers",
 )

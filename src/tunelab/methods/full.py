@@ -33,4 +33,7 @@ SPEC = MethodSpec(
     apply=apply,
     description="Full fine-tuning: every parameter is trained.",
     paper="Devlin et al., 2019, BERT: Pre-training of Deep Bidirectional Transformers (NAACL)",
+    trains_everything=True,
+    in_place=True,
+    why_not_swappable="trains every base weight",
 )

@@ -302,10 +302,13 @@ def unwrap_ia3(model: nn.Module) -> nn.Module:
 
 SPEC = MethodSpec(
     name="ia3",
-    wraps_linear=True,
     config_cls=IA3Config,
     apply=apply,
     description="(IA)^3: learned vectors rescaling keys, values and feed-forward activations.",
     paper="Liu et al., 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than "
     "In-Context Learning, arXiv:2205.05638",
+    wraps_linear=True,
+    merge_modules=ia3_modules,
+    swappable=True,
+    peft_type="IA3",
 )

@@ -695,9 +695,12 @@ def unwrap_lora(model: nn.Module) -> nn.Module:
 
 SPEC = MethodSpec(
     name="lora",
-    wraps_linear=True,
     config_cls=LoRAConfig,
     apply=apply,
     description="LoRA: trainable low-rank updates B A on chosen linear (or embedding / conv) layers.",
     paper="Hu et al., 2021, LoRA: Low-Rank Adaptation of Large Language Models, arXiv:2106.09685",
+    wraps_linear=True,
+    merge_modules=lora_modules,
+    swappable=True,
+    peft_type="LORA",
 )

@@ -44,7 +44,7 @@ from torch import nn
 
 from tunelab.errors import UserError
 from tunelab.methods.base import MethodConfig, MethodSpec
-from tunelab.methods.prompt import VirtualTokenOptions, VirtualTokens, backbone_of
+from tunelab.methods.prompt import VIRTUAL_TOKENS_NOT_SWAPPABLE, VirtualTokenOptions, VirtualTokens, backbone_of
 from tunelab.models.layers import find_layer_list
 
 
@@ -219,21 +219,25 @@ def apply_ptuning_v2(model: nn.Module, cfg: MethodConfig) -> None:
 
 SPEC_PREFIX = MethodSpec(
     name="prefix_tuning",
-    virtual_tokens=True,
     config_cls=PrefixTuningConfig,
     apply=apply_prefix_tuning,
     description="Prefix tuning: key/value prefixes in every layer from an MLP, folded into a table after training.",
     paper="Li & Liang, 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation, arXiv:2101.00190",
+    virtual_tokens=True,
+    why_not_swappable=VIRTUAL_TOKENS_NOT_SWAPPABLE,
+    peft_type="PREFIX_TUNING",
 )
 
 SPEC_PTUNING_V2 = MethodSpec(
     name="ptuning_v2",
-    virtual_tokens=True,
     config_cls=PTuningV2Config,
     apply=apply_ptuning_v2,
     description="P-tuning v2: deep prompts, a directly trained key/value prefix table in every layer.",
     paper="Liu et al., 2022, P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning Universally "
           "Across Scales and Tasks, arXiv:2110.07602",
+    virtual_tokens=True,
+    why_not_swappable=VIRTUAL_TOKENS_NOT_SWAPPABLE,
+    peft_type="PREFIX_TUNING",
 )
 
 SPECS = [SPEC_PREFIX, SPEC_PTUNING_V2]

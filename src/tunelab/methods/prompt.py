@@ -307,11 +307,16 @@ def apply(model: nn.Module, cfg: MethodConfig) -> None:
     prompt.prompt_embeddings.requires_grad_(True)
 
 
+VIRTUAL_TOKENS_NOT_SWAPPABLE = "adds virtual tokens through hooks on the backbone"
+"""Why no virtual-token method can share a base in an adapter set (its hooks rewrite the inputs)."""
+
 SPEC = MethodSpec(
     name="prompt_tuning",
-    virtual_tokens=True,
     config_cls=PromptTuningConfig,
     apply=apply,
     description="Prompt tuning: n trainable soft-prompt embeddings prepended to the input embeddings.",
     paper="Lester et al., 2021, The Power of Scale for Parameter-Efficient Prompt Tuning, arXiv:2104.08691",
+    virtual_tokens=True,
+    why_not_swappable=VIRTUAL_TOKENS_NOT_SWAPPABLE,
+    peft_type="PROMPT_TUNING",
 )

@@ -169,6 +169,15 @@ def quantized_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
 
 
+def dequantized_lora_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """For a merged export: turn every 4-bit base linear back into a float32 ``nn.Linear`` (in
+    place), so the LoRA wrappers merge into float weights exactly; the merged model is a plain fp32
+    model. Returns the LoRA wrappers, as :func:`tunelab.methods.lora.lora_modules`."""
+    for name, module in quantized_linears(model).items():
+        replace_module(model, name, dequantize_linear(module).float())
+    return lora.lora_modules(model)
+
+
 def quantized_bytes(layer: nn.Linear) -> int:
     """Bytes a 4-bit linear holds for its weight: the packed codes, the per-block absmax (8-bit
     with double quantisation) and the rest of its quantisation state (second-level absmax and
@@ -237,9 +246,11 @@ def unwrap_qlora(model: nn.Module) -> nn.Module:
 
 SPEC = MethodSpec(
     name="qlora",
-    wraps_linear=True,
     config_cls=QLoRAConfig,
     apply=apply,
     description="QLoRA: LoRA over a frozen base whose linear weights are stored in 4-bit NF4 (bitsandbytes).",
     paper="Dettmers et al., 2023, QLoRA: Efficient Finetuning of Quantized LLMs, arXiv:2305.14314",
+    wraps_linear=True,
+    merge_modules=dequantized_lora_modules,
+    why_not_swappable="quantises the base weights in place",
 )
