@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunelab.data.augment import TextAugmentConfig
 from tunelab.errors import UserError, did_you_mean
 from tunelab.methods import METHODS, AnyMethodConfig
 from tunelab.methods.lora import LoRAConfig
@@ -48,6 +49,9 @@ class DataConfig(_Section):
     max_length: int = Field(64, ge=8, description="Truncate token sequences to this length.")
     group_by_length: bool = Field(True, description="Batch similar lengths together (less padding).")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    augment: TextAugmentConfig = Field(
+        default_factory=TextAugmentConfig,
+        description="EDA text augmentation of the training split (classification; Wei & Zou, 2019).")
     max_eval_samples: int | None = Field(
         None, ge=1, description="Use only the first N rows of the validation and test splits (image tasks).")
     image_column: str | None = Field(None, description="Image-path column of a csv/jsonl (image tasks; default 'image').")
