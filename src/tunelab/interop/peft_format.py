@@ -114,12 +114,13 @@ def to_peft(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Pat
 
     run_dir = open_finished_run(run)
     cfg = validate_config(run_dir.read_config())
+    task_type = peft_task_type(cfg, run_dir.path)
     converter = converter_for_run(cfg, run_dir.path)
     out_path = check_out_dir(out, overwrite=overwrite, protect=input_folders(run_dir, cfg))
     loaded = load_run(str(run_dir.path))
     modules = head_modules(loaded.model)
     config = {
-        "peft_type": converter.peft_type, "task_type": TASK_TYPE,
+        "peft_type": converter.peft_type, "task_type": task_type,
         "base_model_name_or_path": base_reference(cfg.model.name_or_path), "revision": None,
         "inference_mode": True, "modules_to_save": modules or None,
         **converter.to_peft_config(cfg.method, loaded.model),
@@ -135,18 +136,35 @@ def to_peft(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Pat
     return out_path
 
 
+def peft_task_type(cfg: RunConfig, where: Path) -> str:
+    """peft's ``task_type`` for the run's task (from the task's registry entry)."""
+    from tunelab.tasks import get_spec
+
+    spec = get_spec(cfg.task.name)
+    if spec.peft_task_type is None:
+        raise UserError(f"run {where} is a {spec.name} run, which peft has no task type for; "
+                        "use --format merged for a plain model folder")
+    return spec.peft_task_type
+
+
+AUTO_CLASS = {"SEQ_CLS": "AutoModelForSequenceClassification", "CAUSAL_LM": "AutoModelForCausalLM"}
+"""The transformers class that loads the base of each peft task type (for the export's card)."""
+
+
 def _export_card(run: Path, config: dict[str, Any], model: nn.Module) -> str:
     """How to load the exported adapter with peft."""
-    labels = model.config.num_labels
+    auto = AUTO_CLASS.get(config["task_type"], "AutoModel")
+    labels = f", num_labels={model.config.num_labels}" if config["task_type"] == "SEQ_CLS" else ""
+    head = ", task head in `modules_to_save`" if config.get("modules_to_save") else ""
     return f"""# peft adapter exported by tunelab
 
-From run `{run}` ({config['peft_type']}, task head in `modules_to_save`).
+From run `{run}` ({config['peft_type']}, task type {config['task_type']}{head}).
 
 ```python
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import {auto}, AutoTokenizer
 
-base = AutoModelForSequenceClassification.from_pretrained("{config['base_model_name_or_path']}", num_labels={labels})
+base = {auto}.from_pretrained("{config['base_model_name_or_path']}"{labels})
 model = PeftModel.from_pretrained(base, "<this folder>")
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```
