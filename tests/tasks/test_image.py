@@ -22,7 +22,6 @@ from sklearn import metrics as skm
 from tests.conftest import REPO, run_cli
 from tunelab.methods import apply_methods
 from tunelab.methods.freeze import FreezeConfig
-from tunelab.methods.full import FullConfig
 from tunelab.tasks.image import build_torchvision, frozen_batchnorms, image_metrics, torchvision_reference
 from tunelab.train.checkpoint import latest_checkpoint, trainable_state
 from tunelab.train.trunk_cache import FrozenTrunkCache
@@ -78,10 +77,10 @@ def test_head_is_resized_and_recorded(cnn_weights):
     assert torch.equal(model.features[0][0].weight, saved["features.0.0.weight"])  # pretrained trunk kept
 
 
-def test_weights_file_of_another_architecture_is_one_clear_error(cnn_weights, tmp_path):
-    proc = run_cli("train", *_overrides(cnn_weights, tmp_path, tmp_path, **{"task.architecture": "resnet18"}))
+def test_weights_file_of_another_architecture_is_one_clear_error(cnn_weights, colour_folder, tmp_path):
+    proc = run_cli("train", *_overrides(cnn_weights, colour_folder, tmp_path, **{"task.architecture": "resnet18"}))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "resnet18" in proc.stderr or "weights" in proc.stderr
+    assert "does not fit torchvision's resnet18" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_freeze_freezes_batchnorm_statistics(cnn_weights):
@@ -321,7 +320,7 @@ def test_real_mobilenet_recognises_imagenet_photos():
     from tunelab.tasks.image import _read_state_dict
 
     model = torchvision.models.mobilenet_v2()
-    model.load_state_dict(_read_state_dict(builtin_model_path("mobilenet-v2"), "mobilenet_v2"))
+    model.load_state_dict(_read_state_dict(builtin_model_path("mobilenet-v2")))
     model.eval()
     transform = eval_transform(IMAGENET)
     batch = torch.stack([transform(Image.fromarray(data.chelsea())), transform(Image.fromarray(data.coffee()))])

@@ -22,8 +22,8 @@ from tunelab.config import TrainConfig
 from tunelab.errors import TrainingDiverged
 from tunelab.methods import apply_methods
 from tunelab.methods.full import FullConfig
-from tunelab.train.checkpoint import latest_checkpoint
 from tunelab.tasks.common import predict_logits
+from tunelab.train.checkpoint import latest_checkpoint
 from tunelab.train.engine import Trainer
 
 

@@ -326,8 +326,8 @@ class AdapterSet:
         from tunelab.config import validate_config
         from tunelab.data.labels import LabelMap
         from tunelab.pipeline import LoadedRun, predict_texts
-        from tunelab.tasks.classification import resolve_columns
         from tunelab.tasks import get_task
+        from tunelab.tasks.classification import resolve_columns
 
         name = adapter or self._active
         if name is None:

@@ -273,7 +273,7 @@ def check_set_key(index: int, key: str) -> None:
     if _covers(key, SAME_BUDGET):
         raise UserError(f"{where}: '{key}' cannot differ between runs: it would break the same-budget comparison "
                         "(every run trains the same epochs or steps with the same seed); set it in base")
-    if _covers(key, ("task",)):
+    if _covers(key, ("task",)) and not _comparable_task_option(key):
         raise UserError(f"{where}: '{key}' cannot differ between runs: every run must solve the same task "
                         "to be compared; set task options in base")
     if _covers(key, SAME_DATA):
@@ -285,6 +285,14 @@ def check_set_key(index: int, key: str) -> None:
     if _covers(key, ("name", "output_dir")):
         raise UserError(f"{where}: '{key}': the comparison names and places each run itself; use the run's "
                         "label to name it")
+
+
+def _comparable_task_option(key: str) -> bool:
+    """``task.<option>...`` where a registered task lets ``<option>`` differ between compared runs."""
+    from tunelab.tasks import TASK_SPECS
+
+    parts = key.split(".")
+    return len(parts) > 1 and any(parts[1] in spec.comparable_options for spec in TASK_SPECS.values())
 
 
 def merged_config(base: dict[str, Any], spec: RunSpec, flat_set: dict[str, Any]) -> dict[str, Any]:

@@ -246,6 +246,10 @@ class ImageCollator:
     or float [B, num_classes] soft targets when ``batch_mixing`` turns on MixUp/CutMix (train
     only). Other integer keys (``row_index``) pass through as int64 [B], float keys as float32;
     keys of other types cannot be stacked and are left out.
+
+    ``decode=False`` skips reading the images (``pixel_values`` becomes a [B, 3, 1, 1] placeholder):
+    for training steps whose frozen trunk is cached from the first layer on, so the pixels would
+    never be looked at.
     """
 
     def __init__(
@@ -255,8 +259,10 @@ class ImageCollator:
         *,
         batch_mixing: ImageAugmentConfig | None = None,
         with_labels: bool = True,
+        decode: bool = True,
     ) -> None:
         self.transform = transform
+        self.decode = decode
         self.num_classes = num_classes
         self.with_labels = with_labels
         # mixing needs labels to mix; a label-free (predict) collator never mixes
@@ -264,7 +270,8 @@ class ImageCollator:
         self.mixer = batch_mixer(mixing, num_classes) if mixing is not None else None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([self.transform(load_image(row["image"])) for row in rows])
+        pixels = (torch.stack([self.transform(load_image(row["image"])) for row in rows]) if self.decode
+                  else torch.zeros(len(rows), 3, 1, 1))
         batch: dict[str, torch.Tensor] = {"pixel_values": pixels.as_subclass(torch.Tensor)}
         if self.with_labels:
             labels = torch.tensor([_label_id(row["label"]) for row in rows], dtype=torch.long)

@@ -10,6 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+
 @dataclass(frozen=True)
 class BuiltinModel:
     alias: str

@@ -57,6 +57,9 @@ class TaskSpec:
     """peft's ``task_type`` for ``export --format peft`` (None: peft has no matching task)."""
     predict_example: str = '"some text"'
     """A positional input of ``tunelab predict`` as the model card shows it (a text, an image file)."""
+    comparable_options: tuple[str, ...] = ()
+    """``task.*`` options that may differ between the runs of one comparison (training choices such
+    as augmentation, not what is learned)."""
     extra_metric_checks: Callable[[Any, str], str | None] = field(default=lambda cfg, metric: None)
     """``(task config, metric) -> problem or None``: a metric it reports only with some options."""
 

@@ -1,12 +1,8 @@
-"""Helpers tasks share: logits over a loader, an inference accelerator, reading inputs to predict.
-
-Nothing here names a task; tasks import it, glue code does not need to.
-"""
+"""Helpers tasks share: logits over a loader and an accelerator for inference (nothing here names a task)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,12 +40,3 @@ def inference_accelerator():
     from accelerate import Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available())
-
-
-def write_or_print(lines: list[str], out: str | None, what: str) -> None:
-    """JSON lines to ``out`` (with a one-line note) or to stdout."""
-    if out:
-        Path(out).write_text("".join(line + "\n" for line in lines))
-        print(f"wrote {len(lines)} {what} to {out}")
-    else:
-        print("\n".join(lines))

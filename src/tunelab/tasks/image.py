@@ -86,7 +86,11 @@ def build_torchvision(reference: str, num_classes: int) -> nn.Module:
         raise UserError(f"task.architecture '{arch}' is not a torchvision classification model; accepted: "
                         f"{', '.join(torchvision.models.list_models(module=torchvision.models))}")
     model = torchvision.models.get_model(arch, weights=None)
-    model.load_state_dict(_read_state_dict(Path(weights), arch), strict=True) if weights else None
+    try:
+        model.load_state_dict(_read_state_dict(Path(weights)), strict=True)
+    except RuntimeError as e:  # the file holds another architecture's tensors
+        raise UserError(f"weights file {weights} does not fit torchvision's {arch}: "
+                        f"{str(e).splitlines()[0]}; set task.architecture to the file's architecture") from None
     name, old = _last_linear(model)
     head = nn.Linear(old.in_features, num_classes)
     parent, _, child = name.rpartition(".")
@@ -98,7 +102,7 @@ def build_torchvision(reference: str, num_classes: int) -> nn.Module:
     return model
 
 
-def _read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"model weights file {path} does not exist")
     try:
@@ -237,6 +241,12 @@ def hf_image_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(pixel_values=batch["pixel_values"]).logits
 
 
+def logits_fn(model: nn.Module):
+    """How to get logits from ``model`` (unwrapped from DDP first): Hugging Face models carry a config."""
+    inner = getattr(model, "module", model)
+    return hf_image_logits if hasattr(getattr(inner, "config", None), "model_type") else torchvision_logits
+
+
 # ---------------------------------------------------------------------------- the task
 
 @dataclass
@@ -244,7 +254,6 @@ class ImageClassificationTask:
     """See the module docstring."""
 
     cfg: ImageClassificationTaskConfig
-    hf: bool = False
 
     @property
     def spec(self) -> TaskSpec:
@@ -253,10 +262,6 @@ class ImageClassificationTask:
     @property
     def name(self) -> str:
         return self.spec.name
-
-    @property
-    def forward(self):
-        return hf_image_logits if self.hf else torchvision_logits
 
     # ------------------------------------------------------------------ model and inputs
     def resolve_model(self, ref: str) -> str:
@@ -274,7 +279,6 @@ class ImageClassificationTask:
                                 "with task.architecture (e.g. resnet18, mobilenet_v2)")
             return torchvision_reference(self.cfg.architecture, path)
         if path.is_dir() and (path / "config.json").is_file():
-            self.hf = True
             return str(path)
         images = ", ".join(a for a, e in BUILTIN_MODELS.items() if e.architecture)
         raise UserError(f"model '{ref}' is not an image model: use a built-in ({images}), a torchvision weights "
@@ -290,9 +294,7 @@ class ImageClassificationTask:
         if labels is None:
             raise UserError("image classification needs the label map of the run (label_map.json)")
         if resolved.startswith(TORCHVISION_PREFIX):
-            self.hf = False
             return build_torchvision(resolved, labels.num_labels)
-        self.hf = True
         return build_hf_image_model(resolved, labels)
 
     # ------------------------------------------------------------------ data
@@ -319,30 +321,36 @@ class ImageClassificationTask:
                             "has none: use full, freeze, bitfit or lora")
 
     def collators(self, cfg: Any, processor: ImagePreprocessing, model: nn.Module) -> tuple[Any, Any]:
-        k = _num_classes(model, cfg)
+        k = _num_classes(model)
         aug = self.cfg.augment
+        evaluation = ImageCollator(eval_transform(processor), k)
+        if self._trunk_cached(cfg) and getattr(model, "tunelab_layer_list", None) == "features":
+            # the cached blocks start at the model's first layer: training batches need no pixels
+            return ImageCollator(eval_transform(processor), k, decode=False), evaluation
         train = ImageCollator(train_transform(processor, aug), k, batch_mixing=aug if aug.batch_mixing else None)
-        return train, ImageCollator(eval_transform(processor), k)
+        return train, evaluation
+
+    def _trunk_cached(self, cfg: Any) -> bool:
+        return bool(cfg.train.cache_frozen_trunk) and not self.cfg.augment.enabled
 
     # ------------------------------------------------------------------ training
     def train_step(self, cfg: Any, model: nn.Module, processor: ImagePreprocessing, log=print) -> Any:
-        step = ImageStep(self.forward, self.cfg.augment.label_smoothing)
+        step = ImageStep(logits_fn(model), self.cfg.augment.label_smoothing)
         if not cfg.train.cache_frozen_trunk:
             return step
         if self.cfg.augment.enabled:
             log("note: train.cache_frozen_trunk is off because augmentation is on (augmented images change "
                 "every epoch, so the frozen trunk's outputs cannot be reused)")
             return step
-        _, collate = self.collators(cfg, processor, model)
-        return CachedTrunkStep(step, collate, cfg.train.eval_batch_size, log=log)
+        build = ImageCollator(eval_transform(processor), _num_classes(model))
+        return CachedTrunkStep(step, build, cfg.train.eval_batch_size, log=log)
 
     def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
-        logits, labels = predict_logits(model, loader, accelerator, forward=self.forward)
+        logits, labels = predict_logits(model, loader, accelerator, forward=logits_fn(model))
         return image_metrics(logits, labels.astype(int))
 
     def baseline(self, *args: Any, **kwargs: Any) -> None:
         """The head starts random: there is no meaningful before-training score."""
-        return None
 
     def test_metrics(self, model: nn.Module, data: ImageData, processor: ImagePreprocessing, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -381,7 +389,7 @@ class ImageClassificationTask:
         collate = ImageCollator(eval_transform(loaded.processor), loaded.labels.num_labels, with_labels=False)
         acc = inference_accelerator()
         loader = eval_loader(rows, loaded.cfg.train.eval_batch_size, collate, acc)
-        logits, _ = predict_logits(acc.prepare(loaded.model), loader, acc, forward=self._forward_for(loaded.model))
+        logits, _ = predict_logits(acc.prepare(loaded.model), loader, acc, forward=logits_fn(loaded.model))
         return [{**row, **pred} for row, pred in zip(rows, predictions(logits, loaded.labels))]
 
     def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
@@ -399,14 +407,11 @@ class ImageClassificationTask:
         acc = inference_accelerator()
         loader = eval_loader(rows, cfg.train.eval_batch_size, ImageCollator(eval_transform(loaded.processor),
                                                                             loaded.labels.num_labels), acc)
-        logits, labels = predict_logits(acc.prepare(loaded.model), loader, acc, forward=self._forward_for(loaded.model))
+        logits, labels = predict_logits(acc.prepare(loaded.model), loader, acc, forward=logits_fn(loaded.model))
         return image_metrics(logits, labels.astype(int))
 
-    def _forward_for(self, model: nn.Module):
-        return hf_image_logits if hasattr(getattr(model, "config", None), "model_type") else torchvision_logits
 
-
-def _num_classes(model: nn.Module, cfg: Any) -> int:
+def _num_classes(model: nn.Module) -> int:
     head = getattr(model, "tunelab_head_params", None) or []
     params = dict(model.named_parameters())
     weights = [params[n] for n in head if n.endswith("weight") and n in params and params[n].dim() == 2]
@@ -506,6 +511,6 @@ IMAGE_CLASSIFICATION = TaskSpec(
              "recall_macro": True},
     validation_metric=("accuracy", True), headline="accuracy", processor="image",
     summary_metrics=("accuracy", "top5_accuracy", "f1_macro"), can_cache_trunk=True, peft_task_type=None,
-    predict_example="image.png",
+    predict_example="image.png", comparable_options=("augment",),
 )
 SPECS = (IMAGE_CLASSIFICATION,)

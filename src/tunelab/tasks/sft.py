@@ -28,9 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from tunelab.data.conversations import FORMATS, Conversation, detect_format, required_columns, to_conversation
+from tunelab.data.loaders import eval_loader
 from tunelab.data.packing import PackedCollator, pack
 from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncate
-from tunelab.data.loaders import eval_loader
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
