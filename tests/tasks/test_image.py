@@ -335,3 +335,29 @@ def test_real_mobilenet_probe_on_digits(tmp_path):
                    "train.lr=1e-2", "train.cache_frozen_trunk=true", f"output_dir={tmp_path}", "name=run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["test"]["accuracy"] > 0.85
+
+
+def test_compare_works_on_image_runs(cnn_weights, colour_folder, tmp_path):
+    """Two image runs (one with augmentation, a task option compare lets differ) compared by accuracy."""
+    import yaml
+
+    spec = {
+        "name": "cmp", "output_dir": str(tmp_path),
+        "base": {"model": {"name_or_path": str(cnn_weights)}, "data": {"source": str(colour_folder)},
+                 "task": {"name": "image_classification", "architecture": "mobilenet_v2", "image_size": 32},
+                 "train": {"epochs": 1, "batch_size": 16, "lr": 1e-2}},
+        "runs": [{"label": "probe", "method": {"name": "freeze", "top_layers": 0}},
+                 {"label": "probe-flip", "method": {"name": "freeze", "top_layers": 0},
+                  "set": {"task.augment": {"horizontal_flip": True}}}],
+    }
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = run_cli("compare", str(path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert report["task"] == "image_classification" and report["metric"] == "accuracy" and report["greater_is_better"]
+    assert {r["label"] for r in report["runs"] if r["status"] == "ok"} == {"probe", "probe-flip"}
+    bad = dict(spec, runs=[spec["runs"][0], {"method": "full", "set": {"task.image_size": 64}}])
+    path.write_text(yaml.safe_dump(bad))
+    refused = run_cli("compare", str(path))
+    assert refused.returncode == 2 and "task.image_size" in refused.stderr  # what is learned may not differ

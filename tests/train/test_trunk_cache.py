@@ -46,7 +46,7 @@ def test_cached_forward_equals_full_forward(top_layers):
     g = torch.Generator().manual_seed(0)
     rows = [{"input_ids": torch.randint(1, 60, (int(n),), generator=g).tolist()}
             for n in torch.randint(3, 12, (10,), generator=g)]
-    cache = FrozenTrunkCache(model)
+    cache = FrozenTrunkCache(model, mask_key="attention_mask", row_length=lambda r: len(r["input_ids"]))
     cache.build(rows, _collate, batch_size=4)
     assert cache.k == 3 - top_layers and all(s.shape == (len(r["input_ids"]), 16) for s, r in zip(cache.states, rows))
     batch = _collate([dict(rows[i], row_index=i) for i in (7, 2, 5)])

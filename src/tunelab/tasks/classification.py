@@ -144,7 +144,7 @@ class ClassificationTask:
 
     def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> Any:
         """``model(**batch).loss``; with ``train.cache_frozen_trunk`` only the unfrozen top runs."""
-        step = SupervisedStep(length_key="input_ids")
+        step = SupervisedStep(length_key="input_ids", mask_key="attention_mask")
         if cfg.train.cache_frozen_trunk:
             return CachedTrunkStep(step, padding_collator(tokenizer), cfg.train.eval_batch_size, log=log)
         return step

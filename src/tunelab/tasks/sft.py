@@ -112,7 +112,7 @@ class SFTTask:
 
     def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> SupervisedStep:
         """The default step: the causal LM's own next-token loss over the labelled tokens."""
-        return SupervisedStep(length_key="input_ids")
+        return SupervisedStep(length_key="input_ids", mask_key="attention_mask")
 
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:
         tokenizer.save_pretrained(Path(folder) / "model")

@@ -85,7 +85,7 @@ class Trainer:
         self.cfg, self.acc, self.seed = cfg, accelerator, seed
         self.collate, self.evaluate_fn, self.log = collate, evaluate_fn, log
         self.eval_collate = eval_collate or collate
-        self.step = step or SupervisedStep(length_key="input_ids")
+        self.step = step or SupervisedStep()
         self.metric_name = cfg.metric_for_best or best_metric[0]
         self.greater = best_metric[1] if cfg.metric_for_best is None else _greater_is_better(self.metric_name)
         self.ckpt_dir, self.best_dir = run_dir / "checkpoints", run_dir / "best"

@@ -61,11 +61,12 @@ def batch_size_of(batch: Batch) -> int:
 class SupervisedStep:
     """The default step: the model computes its own loss from the batch's ``labels``.
 
-    ``length_key`` names the row field whose length groups rows of similar length into batches
-    (``input_ids`` for text); None means rows have no length (images), so no grouping.
+    ``length_key`` names the row field whose length groups rows of similar length into batches,
+    ``mask_key`` the batch's 2-D mask of real positions, counted as tokens (text tasks pass
+    ``input_ids`` and ``attention_mask``); None means rows have no length or tokens (images).
     """
 
-    def __init__(self, length_key: str | None = None, mask_key: str = "attention_mask") -> None:
+    def __init__(self, length_key: str | None = None, mask_key: str | None = None) -> None:
         self.length_key, self.mask_key = length_key, mask_key
 
     def prepare(self, model: nn.Module, rows: Sequence[dict]) -> Sequence[dict]:
@@ -85,7 +86,7 @@ class SupervisedStep:
         counted = batch.get("num_tokens")
         if counted is not None:
             return batch_size_of(batch), int(counted)
-        mask = batch.get(self.mask_key)
+        mask = batch.get(self.mask_key) if self.mask_key else None
         tokens = int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else 0
         return batch_size_of(batch), tokens
 

@@ -8,8 +8,8 @@ This is the "frozen feature" trick of feature-based transfer (Devlin et al., 201
 applied to partial fine-tuning. The cost: the frozen blocks see no dropout during training.
 
 It works for any network whose blocks sit in one list (transformer layers, a CNN's ``features``):
-rows with an ``attention_mask`` keep only their real positions; others (images) keep the whole
-block output. :class:`CachedTrunkStep` plugs it into the engine as a training step.
+with a mask of real positions (``mask_key``, text) each row keeps only those positions; without
+one (images) it keeps the whole block output. :class:`CachedTrunkStep` plugs it into the engine as a training step.
 """
 
 from __future__ import annotations
@@ -63,8 +63,12 @@ def frozen_prefix(model: nn.Module) -> int:
 class FrozenTrunkCache:
     """Hidden states after the first ``k`` frozen blocks, one tensor per training row."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, mask_key: str | None = None,
+                 row_length: Callable[[dict], int | None] | None = None):
+        """``mask_key``: the batch's mask of real positions (None: rows have none); ``row_length``
+        orders the rows longest first so the build's batches pad little (None: keep the order)."""
+        self.model, self.mask_key = model, mask_key
+        self.row_length = row_length or (lambda row: None)
         self.k = frozen_prefix(model)
         self.layers = find_layer_list(model)[1]
         self.states: list[torch.Tensor] = []
@@ -80,7 +84,7 @@ class FrozenTrunkCache:
         forward = forward or (lambda model, batch: model(**batch))
         was_training = self.model.training
         self.model.eval()
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].get("input_ids", ())))
+        order = sorted(range(len(rows)), key=lambda i: -(self.row_length(rows[i]) or 0))
         self.states = [torch.empty(0)] * len(rows)
 
         def stop(module, args, output):
@@ -97,7 +101,7 @@ class FrozenTrunkCache:
                 try:
                     forward(self.model, batch)
                 except _Stop as s:
-                    self._store(idx, s.output, batch.get("attention_mask"))
+                    self._store(idx, s.output, batch.get(self.mask_key) if self.mask_key else None)
         finally:
             handle.remove()
             self.model.train(was_training)
@@ -120,10 +124,10 @@ class FrozenTrunkCache:
         return out
 
     @contextmanager
-    def active(self, indices: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Iterator[None]:
-        """Within this context the first ``k`` blocks are replaced by the cached states."""
-        cached = self._padded(indices.cpu(), attention_mask).to(attention_mask.device if attention_mask is not None
-                                                               else indices.device)
+    def active(self, indices: torch.Tensor, mask: torch.Tensor | None = None) -> Iterator[None]:
+        """Within this context the first ``k`` blocks are replaced by the cached states (placed at
+        ``mask``'s real positions when the cache keeps positions)."""
+        cached = self._padded(indices.cpu(), mask).to(mask.device if mask is not None else indices.device)
         wrap = (lambda h: (h,)) if self.tuple_output else (lambda h: h)
 
         def first_block(hidden_states, *args, **kwargs):
@@ -156,7 +160,8 @@ class CachedTrunkStep:
 
     def prepare(self, model: nn.Module, rows: Sequence[dict]) -> Sequence[dict]:
         t0 = time.perf_counter()
-        self.cache = FrozenTrunkCache(model)
+        self.mask_key = getattr(self.inner, "mask_key", None)
+        self.cache = FrozenTrunkCache(model, self.mask_key, self.inner.row_length)
         self.cache.build(rows, self.collate, self.batch_size, forward=getattr(self.inner, "forward", None))
         self.log(f"cached the frozen trunk (layers 0-{self.cache.k - 1}) for {len(rows)} rows "
                  f"in {time.perf_counter() - t0:.1f} s")
@@ -170,7 +175,7 @@ class CachedTrunkStep:
 
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         assert self.cache is not None, "prepare() builds the cache before the first step"
-        with self.cache.active(batch["row_index"], batch.get("attention_mask")):
+        with self.cache.active(batch["row_index"], batch.get(self.mask_key) if self.mask_key else None):
             return self.inner.loss(model, batch)
 
     def count(self, batch: dict) -> tuple[int, int]:
