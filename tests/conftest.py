@@ -67,6 +67,25 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300,
                           stdin=None if input_text is not None else subprocess.DEVNULL)
 
 
+def train_and_kill(args: list[str], run_dir: Path, at_step: int, timeout: float = 240) -> None:
+    """Start ``tunelab train ARGS`` and SIGKILL it once its latest checkpoint reaches ``at_step``."""
+    import signal
+    import time
+
+    from tunelab.train.checkpoint import latest_checkpoint
+
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is not None and int(latest.name.split("-")[1]) >= at_step:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer (ChatML template, eos = pad = ``<|im_end|>``) saved to a folder.

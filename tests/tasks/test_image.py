@@ -6,10 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +15,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from sklearn import metrics as skm
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli, train_and_kill
 from tunelab.methods import apply_methods
 from tunelab.methods.freeze import FreezeConfig
 from tunelab.tasks.image import build_torchvision, frozen_batchnorms, image_metrics, torchvision_reference
-from tunelab.train.checkpoint import latest_checkpoint, trainable_state
+from tunelab.train.checkpoint import trainable_state
 from tunelab.train.trunk_cache import FrozenTrunkCache
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
@@ -200,18 +196,8 @@ def test_killed_run_with_augmentation_resumes_to_identical_weights(cnn_weights, 
              "data.validation_ratio": 0.0}
     ref = run_cli("train", *_overrides(cnn_weights, colour_folder, tmp_path / "a", **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train",
-                             *_overrides(cnn_weights, colour_folder, tmp_path / "b", **extra)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_b = tmp_path / "b" / "run"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        latest = latest_checkpoint(run_b / "checkpoints")
-        if latest is not None and int(latest.name.split("-")[1]) >= 20:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_and_kill(_overrides(cnn_weights, colour_folder, tmp_path / "b", **extra), run_b, at_step=20)
     assert not (run_b / "results.json").exists(), "the run finished before it could be killed"
     resumed = run_cli("train", "--resume", str(run_b))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

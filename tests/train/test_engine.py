@@ -4,11 +4,6 @@ best-checkpoint restore."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +12,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
-from tests.conftest import REPO, run_cli, tiny_overrides
+from tests.conftest import run_cli, tiny_overrides, train_and_kill
 from tunelab.config import TrainConfig
 from tunelab.errors import TrainingDiverged
 from tunelab.methods import apply_methods
@@ -37,18 +32,8 @@ def test_killed_run_resumes_to_identical_weights(tiny_bert_dir, reviews_jsonl, t
     ref = run_cli("train", *tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path / "a", **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    args = tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path / "b", **extra)
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_b = tmp_path / "b" / "run"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        latest = latest_checkpoint(run_b / "checkpoints")
-        if latest is not None and int(latest.name.split("-")[1]) >= 30:
-            break
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    train_and_kill(tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path / "b", **extra), run_b, at_step=30)
     assert not (run_b / "results.json").exists(), "the run finished before it could be killed"
 
     resumed = run_cli("train", "--resume", str(run_b))

@@ -47,7 +47,7 @@ from tunelab.data.loaders import eval_loader
 from tunelab.errors import UserError
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import inference_accelerator, predict_logits
-from tunelab.train.step import batch_size_of
+from tunelab.train.step import SupervisedStep
 from tunelab.train.trunk_cache import CachedTrunkStep
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -198,10 +198,14 @@ def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
             and not any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
-class ImageStep:
-    """Soft-target cross-entropy on the model's logits; frozen BatchNorms stay in eval mode."""
+class ImageStep(SupervisedStep):
+    """Soft-target cross-entropy on the model's logits; frozen BatchNorms stay in eval mode.
+
+    Everything else is the default step's: one micro-batch per batch, images counted, no tokens,
+    no length grouping, no extra state."""
 
     def __init__(self, forward, label_smoothing: float) -> None:
+        super().__init__()
         self.forward, self.label_smoothing = forward, label_smoothing
         self.frozen_bn: list[nn.Module] = []
 
@@ -209,28 +213,10 @@ class ImageStep:
         self.frozen_bn = frozen_batchnorms(model)
         return rows
 
-    def micro_batches(self, model: nn.Module, batch: dict) -> list[dict]:
-        return [batch]
-
-    def micro_per_batch(self) -> int:
-        return 1
-
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         for bn in self.frozen_bn:  # model.train() switched them back on; the list is fixed at prepare
             bn.eval()
         return soft_target_loss(self.forward(model, batch), batch["labels"], self.label_smoothing)
-
-    def count(self, batch: dict) -> tuple[int, int]:
-        return batch_size_of(batch), 0
-
-    def row_length(self, row: dict) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def torchvision_logits(model: nn.Module, batch: dict) -> torch.Tensor:
