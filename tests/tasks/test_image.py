@@ -88,6 +88,19 @@ def test_freeze_freezes_batchnorm_statistics(cnn_weights):
     assert trained and all(n.startswith(("features.17.", "features.18.")) for n in trained)
 
 
+def test_bitfit_trains_biases_and_batchnorm_affine(cnn_weights):
+    from tunelab.methods.bitfit import BitFitConfig
+
+    model = build_torchvision(torchvision_reference("mobilenet_v2", cnn_weights), 3)
+    apply_methods(model, [BitFitConfig()])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trained) == 2 * len(bns) + 2  # every BatchNorm's scale and shift, plus the head
+    assert not frozen_batchnorms(model) and "features.0.1.weight" in trained
+    apply_methods(model, [BitFitConfig(batchnorm_affine=False)])
+    assert "features.0.1.weight" not in {n for n, p in model.named_parameters() if p.requires_grad}
+
+
 def test_trunk_cache_equals_running_the_frozen_cnn(cnn_weights):
     model = build_torchvision(torchvision_reference("mobilenet_v2", cnn_weights), 3)
     apply_methods(model, [FreezeConfig(top_layers=0)])  # a linear probe: every block is cached

@@ -3,7 +3,10 @@
 Ben Zaken, Ravfogel and Goldberg, 2022, "BitFit: Simple Parameter-efficient Fine-tuning for
 Transformer-based Masked Language-models" (ACL, arXiv:2106.10199). Every weight stays frozen; the
 additive bias vectors ``b`` of every layer (attention projections, feed-forward, LayerNorm) are
-trained, typically <0.1% of the parameters.
+trained, typically <0.1% of the parameters. In a CNN, BatchNorm's scale is trained with its
+shift (``batchnorm_affine``): together they are the layer's affine part, the normalisation
+counterpart of a bias, and adapting them is a strong cheap baseline for convolutional transfer
+(Frankle, Schwab & Morcos, 2021, "Training BatchNorm and Only BatchNorm", ICLR).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class BitFitConfig(MethodConfig):
     """Options for BitFit (none beyond the shared ones)."""
 
     name: Literal["bitfit"] = Field("bitfit", description="Method name: train only bias terms.")
+    batchnorm_affine: bool = Field(
+        True, description="Also train BatchNorm scales (CNNs: the BatchNorm affine part; no effect on transformers).")
 
 
 def bias_parameter_names(model: nn.Module) -> list[str]:
@@ -28,9 +33,16 @@ def bias_parameter_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
 
 
+def batchnorm_scale_names(model: nn.Module) -> list[str]:
+    """Qualified names of the scales (``weight``) of affine BatchNorm layers."""
+    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine]
+
+
 def apply(model: nn.Module, cfg: MethodConfig) -> None:
-    """Mark every bias parameter trainable; a model without biases is a :class:`UserError`."""
-    names = set(bias_parameter_names(model))
+    """Mark every bias parameter (and BatchNorm scale) trainable; a model without biases is a :class:`UserError`."""
+    assert isinstance(cfg, BitFitConfig)
+    names = set(bias_parameter_names(model)) | set(batchnorm_scale_names(model) if cfg.batchnorm_affine else ())
     if not names:
         raise UserError(
             f"method 'bitfit' trains bias terms, but {type(model).__name__} has no bias parameters "
