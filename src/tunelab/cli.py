@@ -75,11 +75,18 @@ def _print_summary(run_dir: Path) -> None:
     p = results["params"]
     table.add_row("trainable params", f"{p['trainable']:,} / {p['total']:,} ({p['trainable_percent']:.3f}%)")
     speed = f"{results['samples_per_second']:.1f} samples/s"
-    if results.get("tokens_per_second"):
+    if _counts_tokens(results.get("task")):
         speed += f", {results.get('tokens_per_second', 0):.0f} tokens/s"
     table.add_row("train time", f"{results['train_seconds']:.1f} s ({speed})")
     table.add_row("peak memory", f"{results['peak_memory_mb']:.0f} MB")
     Console(stderr=False).print(table)
+
+
+def _counts_tokens(task: str | None) -> bool:
+    """Text generation runs report their speed in tokens as well."""
+    from tunelab.tasks import TASK_SPECS
+
+    return task in TASK_SPECS and TASK_SPECS[task].generates_text
 
 
 def _summary_metrics(task: str | None) -> tuple[str, ...]:

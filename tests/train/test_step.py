@@ -141,4 +141,7 @@ def test_supervised_step_counts_without_input_ids():
     batch = {"pixel_values": torch.zeros(5, 3, 8, 8), "labels": torch.zeros(5)}
     assert step.count(batch) == (5, 0) and step.row_length({"pixel_values": 1}) is None
     text = {"input_ids": torch.ones(2, 4), "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
-    assert step.count(text) == (2, 5) and step.count({**text, "num_tokens": torch.tensor(9)}) == (2, 9)
+    assert step.count(text) == (2, 0)  # the default step assumes no token mask
+    text_step = SupervisedStep(length_key="input_ids", mask_key="attention_mask")  # what text tasks use
+    assert text_step.count(text) == (2, 5) and text_step.count({**text, "num_tokens": torch.tensor(9)}) == (2, 9)
+    assert text_step.row_length({"input_ids": [1, 2, 3]}) == 3
