@@ -388,8 +388,8 @@ class ImageClassificationTask:
             prepared = self.prepare(cfg, loaded.processor)
             if split not in prepared.rows:
                 raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prepared.rows)}")
-            rows = encode_rows([dict(r, label=loaded.labels.names[r["label"]]) for r in prepared.rows[split]],
-                               loaded.labels, split)
+            names = prepared.labels.names  # re-encode with the run's saved map (robust to a re-fitted order)
+            rows = encode_rows([dict(r, label=names[r["label"]]) for r in prepared.rows[split]], loaded.labels, split)
         acc = inference_accelerator()
         loader = eval_loader(rows, cfg.train.eval_batch_size, ImageCollator(eval_transform(loaded.processor),
                                                                             loaded.labels.num_labels), acc)
