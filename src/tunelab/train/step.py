@@ -14,7 +14,9 @@ step *is* comes from the task, as a :class:`TrainStep`:
 - ``loss(model, batch)``: the scalar to minimise;
 - ``count(batch)``: (samples, tokens) it counts towards throughput;
 - ``state_dict()`` / ``load_state_dict()``: extra JSON state saved with every checkpoint
-  (e.g. a running reward baseline), so resume stays exact.
+  (e.g. a running reward baseline), so resume stays exact;
+- optionally ``log_metrics()``: the step's own numbers since the previous train log line (e.g.
+  mean reward, KL, clip fraction), merged into the engine's ``train`` events.
 
 :class:`SupervisedStep` is the default: ``model(**batch).loss``.
 """

@@ -1,0 +1,47 @@
+"""Reading preference data for the pairwise tasks (reward models, the DPO family).
+
+Splits come from ``data.source`` (a file, folder or the built-in ``rt_preferences``) like every
+task's, then :func:`tunelab.data.preferences.read_pairs` turns rows into
+:class:`~tunelab.data.preferences.PreferencePair`; identical pairs are skipped and counted (on
+stderr), every other bad row is refused in one line naming it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tunelab.data.builtin import BUILTIN_DATASETS
+from tunelab.data.preferences import PreferencePair, read_pairs
+from tunelab.errors import UserError
+
+
+def load_pair_splits(cfg: Any, task_name: str) -> dict[str, list[PreferencePair]]:
+    """Every split of ``data.source`` as preference pairs (validation/test carved from train when
+    the source has none, as for the other tasks)."""
+    from tunelab.data.readers import load_source
+    from tunelab.data.splits import make_splits
+
+    d = cfg.data
+    builtin = BUILTIN_DATASETS.get(d.source)
+    if builtin is not None and builtin.task != "preference":
+        raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}, not {task_name}; "
+                        "preference tasks read prompt/chosen/rejected rows (built-in: rt_preferences)")
+    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+    for name, ds in splits.items():
+        read_pairs(ds, name)  # bad rows are named by their place in the file, before splitting
+    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio, seed=d.split_seed)
+    if d.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
+    if d.max_eval_samples:
+        for name in ("validation", "test"):
+            if name in splits:
+                splits[name] = splits[name].select(range(min(d.max_eval_samples, len(splits[name]))))
+    pairs, skipped = {}, {}
+    for name, ds in splits.items():
+        pairs[name], skipped[name] = read_pairs(ds, name)
+    if any(skipped.values()):
+        counts = ", ".join(f"{n} {split}" for split, n in skipped.items() if n)
+        print(f"tunelab: skipped {counts} pair(s) whose chosen and rejected responses are identical "
+              "(no preference to learn)", file=sys.stderr)
+    return pairs
