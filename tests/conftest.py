@@ -126,3 +126,18 @@ def tiny_llama_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def biased_llama_dir(tmp_path_factory, tiny_llama_dir) -> Path:
+    """The tiny Llama with bias terms in attention and MLP (for BitFit)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.from_pretrained(tiny_llama_dir)
+    cfg.attention_bias, cfg.mlp_bias = True, True
+    path = tmp_path_factory.mktemp("tiny-llama-bias")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(path)
+    return path

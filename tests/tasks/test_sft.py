@@ -23,21 +23,6 @@ def alpaca_jsonl(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def biased_llama_dir(tmp_path_factory, tiny_llama_dir) -> Path:
-    """The tiny Llama with bias terms in attention and MLP (for BitFit)."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.from_pretrained(tiny_llama_dir)
-    cfg.attention_bias, cfg.mlp_bias = True, True
-    path = tmp_path_factory.mktemp("tiny-llama-bias")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(path)
-    return path
-
-
 def sft_args(model: Path, data: Path, out: Path, name: str, **extra: object) -> list[str]:
     base = {"task.name": "sft", "model.name_or_path": str(model), "data.source": str(data),
             "output_dir": str(out), "name": name, "train.epochs": 1, "train.batch_size": 8,

@@ -140,8 +140,6 @@ class VirtualTokens(nn.Module):
     """Capability marker: this module's trainable tokens enter every layer (no layer output is fixed)."""
     needs = "inputs_embeds"
     """Backbone ``forward`` argument the method cannot work without."""
-    tunelab_enabled = True
-    """False switches the virtual tokens off (the bare base answers; a DPO/PPO reference pass)."""
 
     def __init__(self, num_virtual_tokens: int) -> None:
         super().__init__()
@@ -171,8 +169,6 @@ class VirtualTokens(nn.Module):
     # ------------------------------------------------------------------ hooks
     def _before(self, backbone: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
         """Forward pre-hook: extend the mask and positions, add the virtual tokens on a fresh call."""
-        if not self.tunelab_enabled:
-            return None
         kwargs = dict(kwargs)
         names = _positional_names(type(backbone))
         if len(args) > len(names):
@@ -194,8 +190,6 @@ class VirtualTokens(nn.Module):
         """Forward hook: drop the virtual positions from ``last_hidden_state`` (see module docstring),
         and a cache the call did not ask for (``use_cache=False``) that only holds our prefixes --
         ``generate(use_cache=False)`` would otherwise feed it back on the next step."""
-        if not self.tunelab_enabled:
-            return output
         n, self._trim = self._trim, 0
         own_cache, self._own_cache = self._own_cache, False
         if isinstance(output, tuple) and not hasattr(output, "keys"):

@@ -334,8 +334,8 @@ class DPOTask:
         if name not in prepared.rows:
             raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prepared.rows)}")
         frozen = None
-        if self.cfg.loss not in REFERENCE_FREE and (self.cfg.reference == "copy" or _in_place(loaded.model)):
-            frozen = self.build_model(self.resolve_model(cfg.model.name_or_path))  # the untrained base
+        if self.cfg.loss not in REFERENCE_FREE and (self.cfg.reference == "copy" or _not_disableable(loaded.model)):
+            frozen = initial_policy(loaded.cfg, self)
         self.make_reference(loaded.model, frozen=frozen)
         acc = inference_accelerator()
         loader = eval_loader(prepared.rows[name], cfg.train.eval_batch_size,
@@ -343,10 +343,24 @@ class DPOTask:
         return {"split": "eval" if data else split, **self.evaluate(acc.prepare(loaded.model), loader, acc)}
 
 
-def _in_place(model: nn.Module) -> bool:
+def _not_disableable(model: nn.Module) -> bool:
+    """Whether switching the trained run's adapters off does not give its starting policy (in-place
+    methods; virtual tokens, which start random)."""
     from tunelab.train.reference import changes_base_in_place
 
-    return changes_base_in_place(model)
+    return changes_base_in_place(model) or any(getattr(m, "tunelab_virtual_tokens", False) for m in model.modules())
+
+
+def initial_policy(cfg: Any, task: Any) -> nn.Module:
+    """The policy as it was before the run's first step: rebuilt with the run's seed (training
+    seeds the same way before it builds the model), for evaluating a finished run."""
+    from accelerate.utils import set_seed
+
+    from tunelab.pipeline import build_model
+
+    set_seed(cfg.seed)
+    model, _ = build_model(cfg, task, task.resolve_model(cfg.model.name_or_path), None)
+    return model
 
 
 def _headline(test: dict[str, float]) -> str:

@@ -10,6 +10,10 @@ switched off for one forward pass. Methods that change base parameters in place 
 layer freezing, BitFit) leave no untouched base, so only for them a frozen copy is made before the
 first step.
 
+Virtual tokens are the exception to "switched off": they start random, so the starting policy is
+the base *with* its initial virtual tokens; those few numbers are kept and swapped in for the
+reference pass.
+
 The decision is structural (what trains, and where), so this module names no method: a trainable
 parameter outside a ``base_layer`` wrapper and outside a virtual-token module means "in place".
 The task's new heads (``model.tunelab_head_params``, e.g. PPO's value head) do not count: the
@@ -71,22 +75,29 @@ def _is_head(name: str, head: set[str]) -> bool:
 
 
 @contextmanager
-def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """The model with every added module switched off for the block: wrappers replaced by the
-    layer they wrap, virtual tokens not injected. Leaving the block puts everything back."""
+def wrappers_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with its ``base_layer`` wrappers replaced by the layers they wrap, for the block."""
     swapped = _wrappers(model)
-    virtual = _virtual_token_modules(model)
     try:
         for parent, attr, wrapper in swapped:
             setattr(parent, attr, _innermost(wrapper))
-        for module in virtual:
-            module.tunelab_enabled = False
         yield model
     finally:
         for parent, attr, wrapper in swapped:
             setattr(parent, attr, wrapper)
-        for module in virtual:
-            module.tunelab_enabled = True
+
+
+@contextmanager
+def initial_values(snapshot: list[tuple[nn.Parameter, torch.Tensor]]) -> Iterator[None]:
+    """Parameters set to saved values for the block (no-grad use only), then back."""
+    current = [p.data for p, _ in snapshot]
+    try:
+        for p, value in snapshot:
+            p.data = value
+        yield
+    finally:
+        for (p, _), data in zip(snapshot, current):
+            p.data = data
 
 
 class Reference:
@@ -101,6 +112,11 @@ class Reference:
         loaded full fine-tuning run, whose own weights are no longer the starting point)."""
         self.kind = "copy" if frozen is not None or force_copy or changes_base_in_place(policy) else "disabled"
         self.copy: nn.Module | None = None
+        # Virtual tokens start random, not as the identity: the starting policy is the base *with*
+        # its initial virtual tokens, kept here (a few thousand numbers) and swapped in per pass.
+        self.snapshot: dict[str, nn.Module] = {} if self.kind == "copy" else {
+            name: copy.deepcopy(m) for name, m in _unwrap(policy).named_modules()
+            if getattr(m, "tunelab_virtual_tokens", False)}
         if frozen is not None:
             self.copy = frozen.eval()
             for p in self.copy.parameters():
@@ -123,10 +139,26 @@ class Reference:
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad(), adapters_disabled(net):
+            with torch.no_grad(), wrappers_disabled(net), initial_values(self._initial(net)):
                 yield net
         finally:
             net.train(was_training)
+
+    def _initial(self, net: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(live parameter, its value before training) for the virtual-token modules. A live module
+        finalized since (prefix tuning's MLP folded into its table) gets the same treatment in
+        the snapshot first, so the two always have the same parameters."""
+        pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for name, initial in self.snapshot.items():
+            live = dict(net.get_submodule(name).named_parameters())
+            if set(live) != {n for n, _ in initial.named_parameters()} and hasattr(initial, "tunelab_finalize"):
+                initial.tunelab_finalize()
+            saved = dict(initial.named_parameters())
+            for pname, param in live.items():
+                if saved[pname].device != param.device:
+                    saved[pname].data = saved[pname].data.to(param.device)
+                pairs.append((param, saved[pname].data))
+        return pairs
 
     def __call__(self, policy: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
         """``fn(reference_network)`` under :meth:`active`."""
