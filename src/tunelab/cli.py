@@ -1,4 +1,4 @@
-"""The ``tunelab`` command: train, compare, eval, predict, generate, chat, export, import-peft, methods.
+"""The ``tunelab`` command: train, compare, eval, predict, score, generate, chat, export, import-peft, methods.
 
 User mistakes print one line and exit with code 2 (``--debug`` shows the traceback). The last line
 ``train`` prints is the run directory; the last line ``compare`` prints is the comparison folder.
@@ -137,6 +137,84 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines))
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Rewards of responses to prompts, from a run whose task scores responses (``scores_responses``)."""
+    from tunelab import pipeline
+    from tunelab.tasks import TASK_SPECS
+
+    if bool(args.prompt or args.response) == bool(args.file):
+        raise UserError("give --prompt TEXT --response TEXT (both repeatable, the same number of times) or "
+                        "--file rows.jsonl, not both and not neither")
+    if args.file is None and len(args.prompt or []) != len(args.response or []):
+        raise UserError(f"got {len(args.prompt or [])} --prompt but {len(args.response or [])} --response; give "
+                        "them the same number of times (the i-th response answers the i-th prompt)")
+    if args.out and not args.file:
+        raise UserError("--out goes with --file; with --prompt/--response the scores are printed")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    scorers = [name for name, spec in TASK_SPECS.items() if spec.scores_responses]
+    task = pipeline.resume_config(args.run).task.name
+    if not TASK_SPECS[task].scores_responses:
+        raise UserError(f"run {args.run} is a task.name={task} run, which cannot score responses; runs of "
+                        f"task.name={' or '.join(scorers)} can")
+    loaded = pipeline.load_run(args.run)
+    if not hasattr(loaded.task, "score"):
+        raise UserError(f"task {task} has no score(); runs of task.name={' or '.join(scorers)} can score")
+    rows = _scored_file(loaded, args.file, args.batch_size) if args.file else _scored_pairs(loaded, args)
+    lines = [json.dumps(row, default=str) for row in rows]
+    if args.out:
+        Path(args.out).write_text("".join(line + "\n" for line in lines))
+        print(f"wrote {len(lines)} scored rows to {args.out}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _scored_pairs(loaded, args: argparse.Namespace) -> list[dict]:
+    prompts = [[{"role": "user", "content": p}] for p in args.prompt]
+    scores = loaded.task.score(loaded, prompts, list(args.response), batch_size=args.batch_size)
+    return [{"prompt": p, "response": r, "reward": s} for p, r, s in zip(args.prompt, args.response, scores)]
+
+
+def _scored_file(loaded, path: str, batch_size: int) -> list[dict]:
+    """Rows with ``prompt`` + ``response`` (-> ``reward``), or preference rows ``prompt``/``chosen``/
+    ``rejected`` (-> ``chosen_reward``, ``rejected_reward``, ``prefers_chosen``)."""
+    from tunelab.data.preferences import read_prompts
+    from tunelab.data.readers import load_source
+
+    ds = load_source(path)["train"]
+    cols = set(ds.column_names)
+    sides = ["response"] if "response" in cols else ["chosen", "rejected"] if {"chosen", "rejected"} <= cols else None
+    if sides is None or ("prompt" not in cols and sides == ["response"]):
+        raise UserError(f"file {path} needs columns 'prompt' and 'response' (one response to score per row), or "
+                        f"'prompt', 'chosen' and 'rejected' (both scored); it has columns {sorted(cols)}")
+    prompts = read_prompts(ds, f"file {path}")
+    rows = [dict(r) for r in ds.with_format(None)]
+    for side in sides:
+        texts = [_response_text(r[side], f"file {path} row {i + 1}, column '{side}'") for i, r in enumerate(rows)]
+        key = "reward" if side == "response" else f"{side}_reward"
+        for row, value in zip(rows, loaded.task.score(loaded, prompts, texts, batch_size=batch_size)):
+            row[key] = value
+    if sides != ["response"]:
+        for row in rows:
+            row["prefers_chosen"] = row["chosen_reward"] > row["rejected_reward"]
+    return rows
+
+
+def _response_text(value, where: str) -> str:
+    """A response cell: a non-empty string, or a list of turns whose last is the assistant's."""
+    accepted = "accepted: a non-empty string, or a list of turns ending with the assistant's turn"
+    if isinstance(value, list):
+        last = value[-1] if value and isinstance(value[-1], dict) else {}
+        if (last.get("role") or last.get("from")) not in ("assistant", "gpt"):
+            raise UserError(f"{where} is a list of turns that does not end with the assistant's turn; {accepted}")
+        value = last.get("content", last.get("value"))
+    if not isinstance(value, str) or not value.strip():
+        shown = "empty" if value is None or isinstance(value, str) else f"a {type(value).__name__}"
+        raise UserError(f"{where} is {shown}; {accepted}")
+    return value
 
 
 def _generation_options(args: argparse.Namespace):
@@ -286,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="input .jsonl/.csv/... with the run's text (or image path) column")
     p.add_argument("--out", help="write predictions as JSON lines here")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="score responses to prompts with a reward-model run")
+    p.add_argument("run")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="a user message (repeatable, with --response)")
+    p.add_argument("--response", action="append", metavar="TEXT",
+                   help="the response to the --prompt in the same position (repeatable)")
+    p.add_argument("--file", help="rows as .jsonl/.csv/...: prompt + response, or prompt + chosen + rejected")
+    p.add_argument("--out", help="write the rows with their rewards as JSON lines here")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("generate", help="generate answers with an instruction-tuned run or a causal LM")
     _add_generation_options(p)

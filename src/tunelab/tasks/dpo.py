@@ -178,7 +178,8 @@ class DPOStep:
             chunk = rows[start:start + self.eval_batch_size]
             for i, row in enumerate(chunk):
                 row["ref_logp_chosen"], row["ref_logp_rejected"] = float(ref[i]), float(ref[len(chunk) + i])
-        self.log(f"reference log-probabilities of {len(rows)} training pairs computed once ({reference.kind} reference)")
+        self.log(f"reference log-probabilities of {len(rows)} training pairs computed once "
+                 f"({reference.kind} reference)")
         return rows
 
     def micro_batches(self, model: nn.Module, batch: dict) -> list[dict]:
@@ -252,7 +253,7 @@ class DPOTask:
         """Read, split and encode the pairs (every user error about the data happens here)."""
         ensure_pad_token(tokenizer)
         template = Template.resolve(self.cfg.template, tokenizer)
-        pairs = load_pair_splits(cfg, self.name)
+        pairs, _ = load_pair_splits(cfg, self.name)
         bos = adds_bos(tokenizer)
         rows = {split: [self.encode(p, tokenizer, template, cfg.data.max_length, bos) for p in items]
                 for split, items in pairs.items()}

@@ -16,9 +16,9 @@ from tunelab.data.preferences import PreferencePair, read_pairs
 from tunelab.errors import UserError
 
 
-def load_pair_splits(cfg: Any, task_name: str) -> dict[str, list[PreferencePair]]:
+def load_pair_splits(cfg: Any, task_name: str) -> tuple[dict[str, list[PreferencePair]], dict[str, int]]:
     """Every split of ``data.source`` as preference pairs (validation/test carved from train when
-    the source has none, as for the other tasks)."""
+    the source has none, as for the other tasks), and how many identical pairs each split skipped."""
     from tunelab.data.readers import load_source
     from tunelab.data.splits import make_splits
 
@@ -44,4 +44,4 @@ def load_pair_splits(cfg: Any, task_name: str) -> dict[str, list[PreferencePair]
         counts = ", ".join(f"{n} {split}" for split, n in skipped.items() if n)
         print(f"tunelab: skipped {counts} pair(s) whose chosen and rejected responses are identical "
               "(no preference to learn)", file=sys.stderr)
-    return pairs
+    return pairs, skipped
