@@ -40,3 +40,14 @@ def inference_accelerator():
     from accelerate import Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def config_for_source(cfg: Any, data: str | None) -> Any:
+    """A copy of a run's config that reads ``data`` (all of it, as the ``train`` split) instead of
+    the run's own source when given -- how ``tunelab eval RUN --data FILE`` scores another file."""
+    cfg = cfg.model_copy(deep=True)
+    if data:
+        cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
+        cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
+        cfg.data.max_train_samples = None
+    return cfg

@@ -40,7 +40,7 @@ from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.common import inference_accelerator
+from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.dpo_losses import LOSSES, REFERENCE_FREE, chosen_nll, preference_loss
 from tunelab.tasks.logprobs import forward_logits, token_logps
 from tunelab.tasks.preference_data import load_pair_splits
@@ -325,11 +325,7 @@ class DPOTask:
 
     def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
         """Pair metrics of a trained run on one of its splits, or on another preference file."""
-        cfg = loaded.cfg.model_copy(deep=True)
-        if data:
-            cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
-            cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
-            cfg.data.max_train_samples = None
+        cfg = config_for_source(loaded.cfg, data)
         prepared = self.prepare(cfg, loaded.processor)
         name = "train" if data else split
         if name not in prepared.rows:

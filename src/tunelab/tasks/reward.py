@@ -54,8 +54,9 @@ from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.common import inference_accelerator
+from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.preference_data import load_pair_splits
+from tunelab.tasks.sft import SFTTaskConfig
 from tunelab.train.step import SupervisedStep
 
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -82,9 +83,7 @@ class RewardTaskConfig(BaseModel):
     @field_validator("template")
     @classmethod
     def _template(cls, value: str) -> str:
-        if value not in ("auto", "chat", "alpaca") and "{prompt}" not in value:
-            raise ValueError("must be auto, chat, alpaca, or a template string containing {prompt}")
-        return value
+        return SFTTaskConfig._template(value)
 
 
 @dataclass
@@ -431,11 +430,7 @@ class RewardTask:
 
     def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
         """Pair metrics of a trained run on its own split, or on another preference file/folder."""
-        cfg = loaded.cfg.model_copy(deep=True)
-        if data:
-            cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
-            cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
-            cfg.data.max_train_samples = None
+        cfg = config_for_source(loaded.cfg, data)
         prepared = self.prepare(cfg, loaded.processor)
         name = split
         if data and split not in prepared.rows:  # another file: its own split of that name, else test, else train

@@ -34,7 +34,7 @@ from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncat
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.common import inference_accelerator
+from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.train.step import SupervisedStep
 
 
@@ -127,12 +127,8 @@ class SFTTask:
 
     def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
         """Loss, perplexity and generation metrics of an instruction-tuned run on a split or a file."""
-        cfg = loaded.cfg.model_copy(deep=True)
+        cfg = config_for_source(loaded.cfg, data)
         cfg.task.packing = False  # evaluation scores one example per row
-        if data:
-            cfg.data.source, cfg.data.validation_file, cfg.data.test_file = data, None, None
-            cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
-            cfg.data.max_train_samples = None
         prepared = self.prepare(cfg, loaded.processor)
         name = "train" if data else split
         if name not in prepared.rows:
