@@ -63,8 +63,6 @@ class TaskSpec:
     comparable_options: tuple[str, ...] = ()
     """``task.*`` options that may differ between the runs of one comparison (training choices such
     as augmentation, not what is learned)."""
-    scores_responses: bool = False
-    """Runs score (prompt, response) pairs with ``tunelab score`` (the task has ``score()``)."""
     extra_metric_checks: Callable[[Any, str], str | None] = field(default=lambda cfg, metric: None)
     """``(task config, metric) -> problem or None``: a metric it reports only with some options."""
 
