@@ -141,3 +141,12 @@ def biased_llama_dir(tmp_path_factory, tiny_llama_dir) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(path)
     return path
+
+
+LLAMA_METHODS = {
+    "full": {}, "freeze": {"method.top_layers": 1}, "lora": {}, "dora": {"method.use_dora": "true"},
+    "qlora": {}, "ia3": {}, "adapter": {}, "parallel_adapter": {}, "prompt_tuning": {"method.num_virtual_tokens": 4},
+    "prefix_tuning": {"method.num_virtual_tokens": 4, "train.lr": 1e-3}, "ptuning_v2": {"method.num_virtual_tokens": 4},
+    "bitfit": {},
+}
+"""Overrides that make every method train on the tiny Llama in a few steps (BitFit needs biases)."""

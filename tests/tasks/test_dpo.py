@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, train_and_kill
+from tests.conftest import LLAMA_METHODS, run_cli, train_and_kill
 from tunelab.cli import main
 
 
@@ -112,12 +112,7 @@ def test_every_loss_trains_and_reloads(loss, tiny_llama_dir, pairs_jsonl, tmp_pa
     assert abs(json.loads(capsys.readouterr().out)["loss"] - r["test"]["loss"]) <= 1e-4
 
 
-METHODS = {
-    "full": {}, "freeze": {"method.top_layers": 1}, "lora": {}, "dora": {"method.use_dora": "true"},
-    "qlora": {}, "ia3": {}, "adapter": {}, "parallel_adapter": {}, "prompt_tuning": {"method.num_virtual_tokens": 4},
-    "prefix_tuning": {"method.num_virtual_tokens": 4, "train.lr": 1e-3}, "ptuning_v2": {"method.num_virtual_tokens": 4},
-    "bitfit": {},
-}
+METHODS = LLAMA_METHODS
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import LLAMA_METHODS, run_cli
 from tunelab.cli import main
 
 
@@ -80,12 +80,7 @@ def test_reloaded_run_reproduces_its_test_loss_and_generations(lora_run, capsys)
     assert metrics["samples"][0]["generation"] == first["generation"]
 
 
-METHODS = {
-    "full": {}, "freeze": {"method.top_layers": 1}, "lora": {}, "dora": {"method.use_dora": "true"},
-    "qlora": {}, "ia3": {}, "adapter": {}, "parallel_adapter": {}, "prompt_tuning": {"method.num_virtual_tokens": 4},
-    "prefix_tuning": {"method.num_virtual_tokens": 4, "train.lr": 1e-3}, "ptuning_v2": {"method.num_virtual_tokens": 4},
-    "bitfit": {},
-}
+METHODS = LLAMA_METHODS
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

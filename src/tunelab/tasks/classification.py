@@ -28,7 +28,7 @@ from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
 from tunelab.models.loading import hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.common import inference_accelerator, predict_logits
+from tunelab.tasks.common import inference_accelerator, predict_logits, tokenizer_source
 from tunelab.train.step import SupervisedStep
 from tunelab.train.trunk_cache import CachedTrunkStep
 
@@ -178,8 +178,7 @@ class ClassificationTask:
         tokenizer.save_pretrained(Path(folder) / "model")
 
     def load_saved_processor(self, model_dir: Path, resolved: str) -> Any:
-        saved = Path(model_dir) / "tokenizer_config.json"
-        return load_tokenizer(str(model_dir) if saved.is_file() else resolved)
+        return load_tokenizer(tokenizer_source(model_dir, resolved))
 
     # ------------------------------------------------------------------ using a trained run
     def predict(self, loaded: Any, inputs: Sequence[str] | None, file: str | None) -> list[dict[str, Any]]:

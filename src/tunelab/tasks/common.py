@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,8 @@ def config_for_source(cfg: Any, data: str | None) -> Any:
         cfg.data.validation_ratio = cfg.data.test_ratio = 0.0
         cfg.data.max_train_samples = None
     return cfg
+
+
+def tokenizer_source(model_dir: str | Path, resolved: str) -> str:
+    """Where a run's tokenizer loads from: the one it saved in ``model/``, else the base model's."""
+    return str(model_dir) if (Path(model_dir) / "tokenizer_config.json").is_file() else resolved

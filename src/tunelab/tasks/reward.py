@@ -54,7 +54,7 @@ from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.common import config_for_source, inference_accelerator
+from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
 from tunelab.tasks.preference_data import load_pair_splits
 from tunelab.tasks.sft import SFTTaskConfig
 from tunelab.train.step import SupervisedStep
@@ -420,8 +420,7 @@ class RewardTask:
         tokenizer.save_pretrained(Path(folder) / "model")
 
     def load_saved_processor(self, model_dir: Path, resolved: str) -> Any:
-        saved = (Path(model_dir) / "tokenizer_config.json").is_file()
-        return self.load_processor(str(model_dir) if saved else resolved)
+        return self.load_processor(tokenizer_source(model_dir, resolved))
 
     # ------------------------------------------------------------------ using a trained run
     def predict(self, loaded: Any, inputs: Sequence[str] | None, file: str | None) -> list[dict[str, Any]]:

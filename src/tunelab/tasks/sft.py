@@ -34,7 +34,7 @@ from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncat
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.common import config_for_source, inference_accelerator
+from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
 from tunelab.train.step import SupervisedStep
 
 
@@ -118,8 +118,7 @@ class SFTTask:
         tokenizer.save_pretrained(Path(folder) / "model")
 
     def load_saved_processor(self, model_dir: Path, resolved: str) -> Any:
-        saved = (Path(model_dir) / "tokenizer_config.json").is_file()
-        return self.load_processor(str(model_dir) if saved else resolved)
+        return self.load_processor(tokenizer_source(model_dir, resolved))
 
     def predict(self, loaded: Any, inputs: Sequence[str] | None, file: str | None) -> list[dict[str, Any]]:
         raise UserError(f"run {loaded.run.path} is an instruction-tuning run; use tunelab generate {loaded.run.path} "
