@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # bitsandbytes (imported by transformers' generation utilities on some paths) logs on
+    # AVX512-bf16 CPUs that an optional hub kernel is missing; tunelab never uses that path.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------------------- verbs
@@ -162,7 +166,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     loaded = pipeline.load_run(args.run)
     if not hasattr(loaded.task, "score"):
         raise UserError(f"task {task} has no score(); runs of task.name={' or '.join(scorers)} can score")
-    rows = _scored_file(loaded, args.file, args.batch_size) if args.file else _scored_pairs(loaded, args)
+    rows = _scored_file(loaded, args.file, args.batch_size, _score_options(args)) if args.file else \
+        _scored_pairs(loaded, args)
     lines = [json.dumps(row, default=str) for row in rows]
     if args.out:
         Path(args.out).write_text("".join(line + "\n" for line in lines))
@@ -174,11 +179,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _scored_pairs(loaded, args: argparse.Namespace) -> list[dict]:
     prompts = [[{"role": "user", "content": p}] for p in args.prompt]
-    scores = loaded.task.score(loaded, prompts, list(args.response), batch_size=args.batch_size)
+    scores = loaded.task.score(loaded, prompts, list(args.response), batch_size=args.batch_size,
+                               **_score_options(args))
     return [{"prompt": p, "response": r, "reward": s} for p, r, s in zip(args.prompt, args.response, scores)]
 
 
-def _scored_file(loaded, path: str, batch_size: int) -> list[dict]:
+def _score_options(args: argparse.Namespace) -> dict:
+    """A classifier's --label/--output (a reward model refuses a label)."""
+    return {"label": args.label, "output": args.output}
+
+
+def _scored_file(loaded, path: str, batch_size: int, options: dict) -> list[dict]:
     """Rows with ``prompt`` + ``response`` (-> ``reward``), or preference rows ``prompt``/``chosen``/
     ``rejected`` (-> ``chosen_reward``, ``rejected_reward``, ``prefers_chosen``)."""
     from tunelab.data.preferences import read_prompts
@@ -195,7 +206,7 @@ def _scored_file(loaded, path: str, batch_size: int) -> list[dict]:
     for side in sides:
         texts = [_response_text(r[side], f"file {path} row {i + 1}, column '{side}'") for i, r in enumerate(rows)]
         key = "reward" if side == "response" else f"{side}_reward"
-        for row, value in zip(rows, loaded.task.score(loaded, prompts, texts, batch_size=batch_size)):
+        for row, value in zip(rows, loaded.task.score(loaded, prompts, texts, batch_size=batch_size, **options)):
             row[key] = value
     if sides != ["response"]:
         for row in rows:
@@ -365,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write predictions as JSON lines here")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("score", help="score responses to prompts with a reward-model run")
+    p = sub.add_parser("score", help="score responses to prompts with a reward-model or classification run")
     p.add_argument("run")
     p.add_argument("--prompt", action="append", metavar="TEXT", help="a user message (repeatable, with --response)")
     p.add_argument("--response", action="append", metavar="TEXT",
@@ -373,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="rows as .jsonl/.csv/...: prompt + response, or prompt + chosen + rejected")
     p.add_argument("--out", help="write the rows with their rewards as JSON lines here")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass (default 32)")
+    p.add_argument("--label", help="classification run: the label whose probability is the score (default: the "
+                                   "second of two labels)")
+    p.add_argument("--output", choices=("probability", "logit"), default="probability",
+                   help="classification run: report the label's probability (default) or its logit")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("generate", help="generate answers with an instruction-tuned run or a causal LM")

@@ -300,9 +300,10 @@ def test_score_refuses_a_run_that_is_not_a_reward_model(tmp_path, capsys) -> Non
     from tunelab.run import RunDir
 
     run = RunDir.create(tmp_path / "cls", overwrite=False)
-    run.write_config(to_yaml_dict(build_config(None, ["task.name=classification"])))
+    run.write_config(to_yaml_dict(build_config(None, ["task.name=sft"])))
     assert main(["score", str(run.path), "--prompt", "p", "--response", "r"]) == 2
-    one_error_line(capsys.readouterr().err, "cannot score responses; runs of task.name=reward can")
+    one_error_line(capsys.readouterr().err, "cannot score responses; runs of task.name=classification or "
+                                            "regression or reward can")
 
 
 @pytest.mark.parametrize("argv, fragment", [

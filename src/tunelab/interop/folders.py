@@ -34,9 +34,11 @@ def open_finished_run(path: str | Path) -> RunDir:
 
 def input_folders(run: RunDir, cfg: RunConfig) -> list[Path]:
     """Folders an export reads: the run, and the base model when it is a local folder."""
+    from tunelab.inference import is_run_dir
     from tunelab.models.loading import resolve_model
 
-    resolved = Path(resolve_model(cfg.model.name_or_path))
+    base = cfg.model.name_or_path
+    resolved = Path(base) if is_run_dir(base) else Path(resolve_model(base))  # a run started from a run
     return [run.path, *([resolved] if resolved.is_dir() else [])]
 
 

@@ -76,3 +76,27 @@ def export_merged(run: str | Path, out: str | Path, *, overwrite: bool = False) 
         model.save_pretrained(stage)
         loaded.tokenizer.save_pretrained(stage)
     return out_path
+
+
+def merged_run_model(run: str | Path, field: str = "model.name_or_path") -> str:
+    """A finished causal-LM run (SFT, DPO, PPO, ...) as a plain model folder to start from: its
+    merged export, written once into tunelab's cache (``$TUNELAB_CACHE/merged-runs``) and reused
+    while the run's ``results.json`` is unchanged. ``field`` names the option in errors."""
+    import hashlib
+
+    from tunelab.models.gguf import cache_root
+    from tunelab.tasks import TASK_SPECS
+
+    run_dir = open_finished_run(run)
+    cfg = validate_config(run_dir.read_config())
+    spec = TASK_SPECS[cfg.task.name]
+    if not spec.generates_text:
+        lms = ", ".join(name for name, s in TASK_SPECS.items() if s.generates_text)
+        raise UserError(f"{field}: run {run_dir.path} is a task.name={cfg.task.name} run; a policy to start from "
+                        f"must be a causal-LM run (task.name={lms}) or a model")
+    check_mergeable(cfg, run_dir.path)
+    key = hashlib.sha256(f"{run_dir.path.resolve()}\n{run_dir.results.read_text()}".encode()).hexdigest()[:16]
+    out = cache_root() / "merged-runs" / f"{run_dir.path.name}-{key}"
+    if not (out / "config.json").is_file():
+        export_merged(run_dir.path, out, overwrite=True)
+    return str(out)

@@ -200,6 +200,52 @@ class ClassificationTask:
         logits, _ = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
         return self.predictions(logits, loaded.labels)
 
+    def score(self, loaded: Any, prompts: Sequence[Sequence[dict[str, str]]], responses: Sequence[str],
+              batch_size: int = 32, label: str | None = None, output: str = "probability",
+              allow_empty: bool = False) -> list[float]:
+        """A classifier as a reward or judge: the probability (or logit) of ``label`` for each
+        response's text, which the classifier reads alone (as it was trained: one text per row);
+        with a text-pair run, the prompt's last user turn is the first text. Regression runs give
+        their prediction. ``label`` defaults to the second of two labels (``positive`` for
+        rotten_tomatoes); with more labels it must be given."""
+        if len(prompts) != len(responses):
+            raise UserError(f"got {len(prompts)} prompt(s) but {len(responses)} response(s); give one response "
+                            "per prompt")
+        column = self.score_column(loaded, label)
+        cols = resolve_columns(loaded.cfg)
+        texts = [str(r) if str(r).strip() or not allow_empty else " " for r in responses]
+        table = {cols.text: texts}
+        if cols.text_pair:
+            table = {cols.text: [next((t["content"] for t in reversed(p) if t["role"] == "user"), "")
+                                 for p in prompts], cols.text_pair: texts}
+        enc = self.encode(loaded.processor, Dataset.from_dict(table), cols, loaded.cfg.data.max_length,
+                          loaded.labels, "input", with_labels=False)
+        loader, _ = make_loader(enc, batch_size, padding_collator(loaded.processor), train=False, seed=0,
+                                group_by_length=False)
+        acc = inference_accelerator()
+        logits, _ = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
+        if column is None:
+            return [float(v) for v in logits.reshape(-1)]
+        values = logits if output == "logit" else softmax(logits)
+        return [float(v) for v in values[:, column]]
+
+    def score_column(self, loaded: Any, label: str | None) -> int | None:
+        """The output column a score reads (None: the regression value)."""
+        if self.regression:
+            if label is not None:
+                raise UserError(f"run {loaded.run.path} is a regression run with one output; a label applies "
+                                "to classification runs")
+            return None
+        names = loaded.labels.names
+        if label is None:
+            if len(names) != 2:
+                raise UserError(f"run {loaded.run.path} has {len(names)} labels ({', '.join(names)}); say which "
+                                "one's probability is the score with task.reward_label / task.judge_label")
+            return 1
+        if str(label) not in names:
+            raise UserError(f"label {label!r} is not one of run {loaded.run.path}'s labels: {', '.join(names)}")
+        return names.index(str(label))
+
     def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
         """Metrics of a trained run on its own split, or on another labelled file/folder."""
         cfg = loaded.cfg
@@ -356,6 +402,7 @@ CLASSIFICATION = TaskSpec(
     description="Sequence classification (single label; text or text pairs) with a fresh head.",
     metrics=CLASSIFICATION_METRICS, validation_metric=("accuracy", True), headline="accuracy",
     summary_metrics=("accuracy", "f1", "f1_macro", "auc_roc"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
+    scores_responses=True,
 )
 REGRESSION = TaskSpec(
     name="regression", config_cls=ClassificationTaskConfig,
@@ -363,5 +410,6 @@ REGRESSION = TaskSpec(
     description="Sequence regression: one float per text, MSE loss.",
     metrics=REGRESSION_METRICS, validation_metric=("rmse", False), headline="rmse", has_labels=True,
     summary_metrics=("rmse", "mae", "r2"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
+    scores_responses=True,
 )
 SPECS = (CLASSIFICATION, REGRESSION)

@@ -444,14 +444,20 @@ class RewardTask:
 
     @torch.inference_mode()
     def score(self, loaded: Any, prompts: Sequence[Sequence[Message]], responses: Sequence[str],
-              batch_size: int = 32) -> list[float]:
+              batch_size: int = 32, label: str | None = None, output: str = "probability",
+              allow_empty: bool = False) -> list[float]:
         """The reward of each response after its prompt (a list of turns ending with a user turn),
-        encoded exactly as in training; in the input order."""
+        encoded exactly as in training; in the input order. ``label``/``output`` are a classifier's
+        options (a reward model has one output: a label is refused); ``allow_empty`` scores empty
+        responses (RL rollouts may end at once) instead of refusing them."""
+        if label is not None:
+            raise UserError(f"run {loaded.run.path} is a reward model with one scalar output; a label "
+                            "(task.reward_label / task.judge_label) applies to classification runs")
         if len(prompts) != len(responses):
             raise UserError(f"got {len(prompts)} prompt(s) but {len(responses)} response(s); give one response "
                             "per prompt")
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
-            if not str(response).strip():
+            if not str(response).strip() and not allow_empty:
                 raise UserError(f"response {i + 1} is empty; a reward model scores a non-empty response")
             if not any(t["role"] == "user" and t["content"].strip() for t in prompt):
                 raise UserError(f"prompt {i + 1} has no user turn with text")

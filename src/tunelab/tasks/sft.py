@@ -96,6 +96,14 @@ class SFTTask:
 
     # ------------------------------------------------------------------ the task protocol
     def resolve_model(self, ref: str) -> str:
+        """A model reference, or a finished causal-LM run to continue from (merged into a plain
+        model folder once, see :func:`tunelab.interop.merged.merged_run_model`)."""
+        from tunelab.inference import is_run_dir
+
+        if is_run_dir(ref):
+            from tunelab.interop.merged import merged_run_model
+
+            return merged_run_model(ref)
         return resolve_model(ref)
 
     def load_processor(self, resolved: str) -> Any:
