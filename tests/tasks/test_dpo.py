@@ -195,3 +195,20 @@ def test_a_long_prompt_is_cut_from_the_left_and_the_end_of_turn_is_kept(tiny_lla
         assert len(ids) <= 64 and ids[-1] == tok.eos_token_id and mask[-1] == 1
         prompt_part = [t for t, m in zip(ids, mask) if not m]
         assert tok.decode(prompt_part).endswith("<|im_start|>assistant\n")  # the generation prompt survives
+
+
+def test_a_judge_scores_sampled_answers_before_and_after_training(tiny_llama_dir, pairs_jsonl, tmp_path,
+                                                                  capsys) -> None:
+    extra = {"task.judge": "tests.tasks.rl_reward_fns:length", "task.max_new_tokens": 6, "data.max_train_samples": 16,
+             "train.max_steps": 2}
+    assert main(dpo_args(tiny_llama_dir, pairs_jsonl, tmp_path, "judged", **extra)) == 0
+    r = results(tmp_path / "judged")
+    for key in ("judge_mean", "judge_median", "kl", "response_length", "ended_fraction"):
+        assert isinstance(r["test"][key], float), key
+    assert "loss" in r["test"] and r["baseline"]["kl"] == 0.0 and "judge_mean" in r["baseline"]
+    assert r["test"]["judged_prompts"] == len({json.dumps(g["prompt"]) for g in
+                                                map(json.loads, (tmp_path / "judged" / "generations.jsonl")
+                                                    .read_text().splitlines())})
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "judged")]) == 0
+    assert json.loads(capsys.readouterr().out)["judge_mean"] == pytest.approx(r["test"]["judge_mean"], abs=1e-6)

@@ -265,28 +265,31 @@ def sentiment_run(tiny_bert_dir, reviews_jsonl, tmp_path_factory) -> Path:
 
 
 def test_a_classifier_run_is_the_reward_and_the_judge(sentiment_run, tiny_llama_dir, tmp_path) -> None:
-    extra = {"task.reward": sentiment_run, "task.judge": sentiment_run, "task.judge_output": "logit",
-             "task.reward_label": "1", "train.max_steps": 2}
+    extra = {"task.reward": sentiment_run, "task.judge": sentiment_run, "task.reward_label": "fresh",
+             "task.judge_label": "fresh", "train.max_steps": 2}
     assert main(rl_args("grpo", tiny_llama_dir, tmp_path, "cls", **extra)) == 0
     r = results(tmp_path / "cls")
     assert 0 <= r["test"]["reward_mean"] <= 1  # a probability
-    assert "judge_mean" in r["test"] and "judge_mean" in r["baseline"]
+    assert r["test"]["judge_mean"] == r["test"]["reward_mean"] and "judge_mean" in r["baseline"]
     gens = [json.loads(line) for line in (tmp_path / "cls" / "generations.jsonl").read_text().splitlines()]
-    assert all("judge" in g and "reward" in g for g in gens)
-    # the judge (logit of the same label) ranks the generations as the reward (probability) does
-    order = sorted(range(len(gens)), key=lambda i: gens[i]["reward"])
-    assert [gens[i]["judge"] for i in order] == sorted(g["judge"] for g in gens)
+    assert all(g["judge"] == g["reward"] for g in gens)
 
 
-def test_score_reads_a_classifier_runs_probability(sentiment_run, capsys) -> None:
+def test_score_reads_a_classifier_runs_probability_or_logit(sentiment_run, capsys) -> None:
+    import math
+
     args = ["score", str(sentiment_run), "--prompt", "Review it.", "--response", "A wonderful, moving film."]
-    assert main(args) == 0
-    p1 = json.loads(capsys.readouterr().out)["reward"]
-    assert main([*args, "--label", "0"]) == 0
-    p0 = json.loads(capsys.readouterr().out)["reward"]
-    assert 0 < p1 < 1 and p0 == pytest.approx(1 - p1, abs=1e-6)
+
+    def scored(*extra: str) -> float:
+        assert main([*args, *extra]) == 0
+        return json.loads(capsys.readouterr().out)["reward"]
+
+    p_rotten, p_fresh = scored(), scored("--label", "fresh")  # the default is the second label, rotten
+    assert 0 < p_fresh < 1 and p_rotten == pytest.approx(1 - p_fresh, abs=1e-6)
+    gap = scored("--label", "fresh", "--output", "logit") - scored("--output", "logit")
+    assert 1 / (1 + math.exp(-gap)) == pytest.approx(p_fresh, abs=1e-5)
     assert main([*args, "--label", "maybe"]) == 2
-    one_error_line(capsys.readouterr().err, "'maybe' is not one of", "0, 1")
+    one_error_line(capsys.readouterr().err, "'maybe' is not one of", "fresh, rotten")
 
 
 def test_a_reward_model_run_is_the_reward(tiny_llama_dir, tmp_path) -> None:
@@ -309,7 +312,7 @@ def test_the_policy_can_start_from_a_finished_sft_run(tiny_llama_dir, tmp_path, 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     rows = get_builtin_dataset("rt_preferences").load()["train"].select(range(16))
     sft = tmp_path / "sft.jsonl"
-    sft.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["chosen"]}) + "\n" for r in rows))
+    sft.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["chosen"]}) + "\n" for r in rows))
     assert main(["train", "task.name=sft", f"model.name_or_path={tiny_llama_dir}", f"data.source={sft}",
                  f"output_dir={tmp_path}", "name=sft", "train.max_steps=2", "train.batch_size=8",
                  "data.max_length=48", "train.lr=5e-2"]) == 0

@@ -20,17 +20,25 @@ reference, every log-ratio is 0 and the sigmoid loss is exactly ln 2.
 Metrics: ``loss``, ``reward_accuracy`` (chosen reward > rejected reward), ``chosen_reward``,
 ``rejected_reward``, ``reward_margin``, ``logp_chosen``, ``logp_rejected`` (summed response
 log-probabilities under the policy).
+
+With ``task.judge`` (a reward or classification run, or a function; :mod:`tunelab.tasks.rl_rewards`)
+the test split's distinct prompts are also answered by sampling (``task.max_new_tokens``,
+``task.temperature``, ... and ``task.eval_seed``, as in PPO) before and after training, and the
+judge's scores are reported as ``judge_mean``/``judge_median`` with ``kl`` to the reference,
+``response_length`` and ``ended_fraction`` (:func:`tunelab.tasks.rl.judged_generation`): what the
+policy *does*, not only how it ranks fixed pairs. The judge never takes part in training.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
 from tunelab.data.loaders import eval_loader, make_loader
@@ -44,6 +52,8 @@ from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.dpo_losses import LOSSES, REFERENCE_FREE, chosen_nll, preference_loss
 from tunelab.tasks.logprobs import forward_logits, token_logps
 from tunelab.tasks.preference_data import load_pair_splits
+from tunelab.tasks.rl import JudgeOptions, check_generation_budget, judged_rows, prompt_row
+from tunelab.tasks.rl_rewards import Scorer, load_scorer
 from tunelab.tasks.sft import SFTTask, SFTTaskConfig
 from tunelab.train.reference import Reference
 from tunelab.train.step import batch_size_of
@@ -52,8 +62,9 @@ PAIR_METRICS = ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "
                 "logp_chosen", "logp_rejected")
 
 
-class DPOTaskConfig(BaseModel):
-    """``task:`` options of the DPO family (``task.name: dpo``)."""
+class DPOTaskConfig(JudgeOptions):
+    """``task:`` options of the DPO family (``task.name: dpo``); the sampling options and
+    ``judge*`` apply to judged evaluation only (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +99,8 @@ class PairData:
     rows: dict[str, list[dict[str, Any]]]
     template: Template
     labels: None = None
+    prompt_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Each split's distinct prompts encoded for sampling (only with ``task.judge``)."""
 
 
 # ---------------------------------------------------------------------------- the computation
@@ -220,6 +233,7 @@ class DPOTask:
     cfg: DPOTaskConfig
     name: str = "dpo"
     reference: Reference | None = field(default=None, repr=False)
+    judge: Scorer | None = field(default=None, repr=False)
 
     @property
     def spec(self) -> TaskSpec:
@@ -257,7 +271,17 @@ class DPOTask:
         bos = adds_bos(tokenizer)
         rows = {split: [self.encode(p, tokenizer, template, cfg.data.max_length, bos) for p in items]
                 for split, items in pairs.items()}
-        return PairData(pairs, rows, template)
+        data = PairData(pairs, rows, template)
+        if self.cfg.judge:
+            check_generation_budget(self.cfg, cfg)
+            if self.judge is None:
+                self.judge = load_scorer(self.cfg.judge, "task.judge", self.cfg.judge_label, self.cfg.judge_output)
+            budget = cfg.data.max_length - self.cfg.max_new_tokens
+            for split, items in pairs.items():
+                distinct = list({json.dumps(p.prompt, sort_keys=True): p.prompt for p in items}.values())
+                data.prompt_rows[split] = [prompt_row(p, tokenizer, template, budget, bos, self.cfg.system_prompt)
+                                           for p in distinct]
+        return data
 
     def encode(self, pair: PreferencePair, tokenizer: Any, template: Template, max_length: int,
                bos: bool | None = None) -> dict[str, Any]:
@@ -299,17 +323,33 @@ class DPOTask:
         return {k: float(v) / pairs for k, v in zip(PAIR_METRICS, totals[:-1])} | {"pairs": int(totals[-1])}
 
     def baseline(self, model: nn.Module, data: PairData, tokenizer: Any, accelerator, cfg: Any):
-        """Before training the policy is the reference: nothing to measure."""
-        return None
+        """Before training the policy is the reference, so the pair metrics are known (loss ln 2 for
+        sigmoid); with a judge, the starting policy's judged generations (KL 0 by construction)."""
+        split = _eval_split(data)
+        if not self.cfg.judge or split is None:
+            return None
+        metrics, samples = self.judged(model, data, tokenizer, cfg, split, reference=None)
+        return {"split": split, **metrics, **({"kl": 0.0} if self.cfg.loss not in REFERENCE_FREE else {})}, samples
 
     def test_metrics(self, model: nn.Module, data: PairData, tokenizer: Any, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
+        split = _eval_split(data)
         if split is None:
             return {}, []
         loader = eval_loader(data.rows[split], cfg.train.eval_batch_size, PairCollator(tokenizer.pad_token_id),
                              accelerator)
-        return {"split": split, **self.evaluate(model, loader, accelerator)}, []
+        metrics = {"split": split, **self.evaluate(model, loader, accelerator)}
+        judged, samples = self.judged(model, data, tokenizer, cfg, split, self.reference)
+        return {**metrics, **judged}, samples
+
+    def judged(self, model: nn.Module, data: PairData, tokenizer: Any, cfg: Any, split: str,
+               reference: Reference | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Judged generation on the split's distinct prompts (nothing without ``task.judge``)."""
+        if self.judge is None or not data.prompt_rows.get(split):
+            return {}, []
+        metrics, samples = judged_rows(model, tokenizer, data.prompt_rows[split], self.cfg, {"judge": self.judge},
+                                       reference, cfg.train.eval_batch_size)
+        return {k: v for k, v in metrics.items() if k != "prompts"} | {"judged_prompts": metrics["prompts"]}, samples
 
     # ------------------------------------------------------------------ the run directory
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:
@@ -337,7 +377,10 @@ class DPOTask:
         acc = inference_accelerator()
         loader = eval_loader(prepared.rows[name], cfg.train.eval_batch_size,
                              PairCollator(loaded.processor.pad_token_id), acc)
-        return {"split": "eval" if data else split, **self.evaluate(acc.prepare(loaded.model), loader, acc)}
+        model = acc.prepare(loaded.model)
+        metrics = {"split": "eval" if data else split, **self.evaluate(model, loader, acc)}
+        judged, _ = self.judged(model, prepared, loaded.processor, cfg, name, self.reference)
+        return metrics | judged
 
 
 def _not_disableable(model: nn.Module) -> bool:
@@ -360,6 +403,10 @@ def initial_policy(cfg: Any, task: Any) -> nn.Module:
     return model
 
 
+def _eval_split(data: PairData) -> str | None:
+    return "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
+
+
 def _headline(test: dict[str, float]) -> str:
     return "judge_mean" if "judge_mean" in test else "reward_accuracy"
 
@@ -368,7 +415,8 @@ DPO = TaskSpec(
     name="dpo", config_cls=DPOTaskConfig, build=lambda cfg: DPOTask(cfg),
     description="Preference optimisation of a causal LM: DPO, IPO, hinge, robust DPO, SimPO, ORPO.",
     metrics={"loss": False, "reward_accuracy": True, "chosen_reward": True, "rejected_reward": False,
-             "reward_margin": True, "logp_chosen": True, "logp_rejected": False, "judge_mean": True},
+             "reward_margin": True, "logp_chosen": True, "logp_rejected": False, "judge_mean": True,
+             "judge_median": True, "kl": False, "response_length": True, "ended_fraction": True},
     validation_metric=("loss", False), headline=_headline,
     summary_metrics=("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward"),
     generates_text=True, has_labels=False, peft_task_type="CAUSAL_LM",

@@ -49,11 +49,8 @@ class GRPOStep(RolloutStep):
     @torch.no_grad()
     def process(self, model: nn.Module, data: dict[str, torch.Tensor], scores: torch.Tensor) -> dict[str, torch.Tensor]:
         n, width = data["input_ids"].shape[0], data["input_ids"].shape[1] - 1
-        parts = []
-        for rows in chunked(n, self.chunk):
-            part = trimmed(data, rows)
-            parts.append(torch.nn.functional.pad(sequence_logps(model, part), (0, width - part["input_ids"].shape[1] + 1)))
-        logp = torch.cat(parts)
+        parts = [sequence_logps(model, trimmed(data, rows)) for rows in chunked(n, self.chunk)]
+        logp = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts])
         out = {**data, "old_logp": logp,
                "advantages": group_advantages(scores.to(logp.dtype), self.opts.group_size, self.opts.scale_rewards)}
         mask = data["response_mask"][:, 1:].to(logp.dtype)

@@ -41,7 +41,6 @@ from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token
 from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.logprobs import forward_logits, token_logps
-from tunelab.tasks.rl_math import kl_per_token, masked_mean
 from tunelab.tasks.rl_rewards import Scorer, load_scorer
 from tunelab.tasks.rollouts import Rollout, Sampling, draw_seed, sample
 from tunelab.tasks.sft import SFTTask, SFTTaskConfig
@@ -59,7 +58,14 @@ class JudgeOptions(BaseModel):
         None, description="A finished reward or classification run, or 'module:function', that scores test "
                           "generations (judge_mean); never used for training.")
     judge_label: str | None = Field(None, description="Label whose probability/logit a classification judge reports.")
-    judge_output: Literal["probability", "logit"] = Field("probability", description="What a classification judge reports.")
+
+    @field_validator("judge_label", "reward_label", mode="before", check_fields=False)
+    @classmethod
+    def _label_text(cls, value: Any) -> Any:
+        """Labels are names (a label written as a number on the command line means its text)."""
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    judge_output: Literal["probability", "logit"] = Field("probability",
+                                                          description="What a classification judge reports.")
     max_new_tokens: int = Field(48, ge=1, description="Most tokens sampled per response.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts and judged evaluation.")
     top_k: int = Field(0, ge=0, description="Sample among the top_k tokens only (0: off).")
@@ -328,6 +334,33 @@ def judged_generation(model: nn.Module, tokenizer: Any, loader, sampling: Sampli
     return metrics, samples
 
 
+def judged_rows(model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]], opts: JudgeOptions,
+                scorers: dict[str, Scorer], reference: Reference | None, batch_size: int
+                ) -> tuple[dict[str, Any], list[dict]]:
+    """:func:`judged_generation` over encoded prompt rows (:func:`prompt_row`), in their order."""
+    from tunelab.data.loaders import make_loader
+
+    loader, _ = make_loader(list(rows), batch_size, PromptBatches(tokenizer.pad_token_id), train=False, seed=0,
+                            group_by_length=False)
+    return judged_generation(model, tokenizer, loader, opts.sampling(), opts.eval_seed, scorers, reference)
+
+
+def prompt_row(prompt: Sequence[Message], tokenizer: Any, template: Template, budget: int, bos: bool | None,
+               system_prompt: str | None) -> dict[str, Any]:
+    """One prompt encoded for sampling (at most ``budget`` tokens, cut from the left), with its turns."""
+    messages = [dict(m) for m in prompt]
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    row = encode_prompt(template.prompt(messages, tokenizer), tokenizer, template, budget, bos)
+    return {**row, "prompt": tuple(prompt)}
+
+
+def check_generation_budget(opts: JudgeOptions, cfg: Any) -> None:
+    if opts.max_new_tokens >= cfg.data.max_length:
+        raise UserError(f"task.max_new_tokens={opts.max_new_tokens} leaves no room for the prompt in "
+                        f"data.max_length={cfg.data.max_length}; raise data.max_length or lower max_new_tokens")
+
+
 # ---------------------------------------------------------------------------- the task
 
 @dataclass
@@ -375,9 +408,7 @@ class RLTask:
     def prepare(self, cfg: Any, tokenizer: Any) -> PromptData:
         """Read, split and encode the prompts; load the scorers (every user error happens here)."""
         ensure_pad_token(tokenizer)
-        if self.cfg.max_new_tokens >= cfg.data.max_length:
-            raise UserError(f"task.max_new_tokens={self.cfg.max_new_tokens} leaves no room for the prompt in "
-                            f"data.max_length={cfg.data.max_length}; raise data.max_length or lower max_new_tokens")
+        check_generation_budget(self.cfg, cfg)
         template = Template.resolve(self.cfg.template, tokenizer)
         prompts = load_prompt_splits(cfg, self.name)
         budget, bos = cfg.data.max_length - self.cfg.max_new_tokens, adds_bos(tokenizer)
@@ -388,15 +419,7 @@ class RLTask:
 
     def encode(self, prompt: Sequence[Message], tokenizer: Any, template: Template, budget: int,
                bos: bool | None) -> dict[str, Any]:
-        messages = self.with_system(prompt)
-        row = encode_prompt(template.prompt(messages, tokenizer), tokenizer, template, budget, bos)
-        return {**row, "prompt": tuple(prompt)}
-
-    def with_system(self, prompt: Sequence[Message]) -> list[Message]:
-        messages = [dict(m) for m in prompt]
-        if self.cfg.system_prompt and (not messages or messages[0]["role"] != "system"):
-            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
-        return messages
+        return prompt_row(prompt, tokenizer, template, budget, bos, self.cfg.system_prompt)
 
     def check_methods(self, cfg: Any, methods: Sequence[Any]) -> None:
         """Every method works: the reference is the policy with its adapters off, or a frozen copy."""
@@ -420,12 +443,8 @@ class RLTask:
         split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
         if split is None:
             return {}, []
-        from tunelab.data.loaders import make_loader
-
-        loader, _ = make_loader(data.rows[split], cfg.train.eval_batch_size, PromptBatches(tokenizer.pad_token_id),
-                                train=False, seed=0, group_by_length=False)
-        metrics, samples = judged_generation(model, tokenizer, loader, self.cfg.sampling(), self.cfg.eval_seed,
-                                             self.scorers(judge=True), reference)
+        metrics, samples = judged_rows(model, tokenizer, data.rows[split], self.cfg, self.scorers(judge=True),
+                                       reference, cfg.train.eval_batch_size)
         return {"split": split, **metrics}, samples
 
     def baseline(self, model: nn.Module, data: PromptData, tokenizer: Any, accelerator, cfg: Any):
@@ -495,9 +514,5 @@ def load_prompt_splits(cfg: Any, task_name: str) -> dict[str, list[tuple[Message
     return {name: read_prompts(ds, name) for name, ds in splits.items()}
 
 
-def per_token_kl(logp: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, estimator: str) -> torch.Tensor:
-    """The KL estimate per token, zero off the response."""
-    return kl_per_token(logp, ref, estimator) * mask.to(logp.dtype)
-
-
-__all__ = ["JudgeOptions", "PromptData", "RLOptions", "RLTask", "RolloutStep", "judged_generation", "masked_mean"]
+__all__ = ["JudgeOptions", "PromptData", "RLOptions", "RLTask", "RolloutStep", "judged_generation", "judged_rows",
+           "prompt_row"]

@@ -12,8 +12,8 @@
   response.
 
 Every score must be a finite number. A scorer that raises or returns NaN/inf refuses the step
-with a :class:`~tunelab.errors.UserError` naming the rollout row, before anything is updated: the
-run's last checkpoint stays as it was, so the fixed scorer can ``--resume`` it.
+with a :class:`~tunelab.errors.UserError` naming the rollout row, before any update uses the
+scores: the run's last checkpoint stays as it was, so the run can ``--resume`` with a fixed scorer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ Message = dict[str, str]
 ScoreFn = Callable[[list[tuple[Message, ...]], list[str]], list[float]]
 
 SCORE_OUTPUTS = ("probability", "logit")
+_UNUSED = "no update used these scores (the last checkpoint is intact: fix the scorer, then --resume)"
 
 
 @dataclass
@@ -60,8 +61,9 @@ class Scorer:
             except (TypeError, ValueError):
                 number = math.nan
             if not math.isfinite(number):
-                raise UserError(f"{self.name} returned {value!r} for rollout row {i + 1} ({_row(prompts[i], responses[i])}); "
-                                "every score must be a finite number; the step was refused and nothing was updated")
+                where = _row(prompts[i], responses[i])
+                raise UserError(f"{self.name} returned {value!r} for rollout row {i + 1} ({where}); every score "
+                                f"must be a finite number; {_UNUSED}")
             out.append(number)
         return torch.tensor(out, dtype=torch.float64)
 
@@ -71,8 +73,8 @@ class Scorer:
             try:
                 self.fn([prompt], [response])
             except Exception as e:  # noqa: BLE001
-                return (f"{self.name} raised {type(e).__name__}: {e} on rollout row {i + 1} ({_row(prompt, response)}); "
-                        "the step was refused and nothing was updated")
+                return (f"{self.name} raised {type(e).__name__}: {e} on rollout row {i + 1} "
+                        f"({_row(prompt, response)}); {_UNUSED}")
         return f"{self.name} raised {type(error).__name__}: {error} on a batch of {len(responses)} rollouts"
 
 

@@ -100,8 +100,3 @@ def sample(model: nn.Module, tokenizer: Any, prompt_ids: torch.Tensor, prompt_ma
              for i in range(new.shape[0])]
     return Rollout(ids, attn, resp, ended.cpu(), [tuple(p) for p in prompts], texts)
 
-
-def scored_texts(responses: Sequence[str]) -> list[str]:
-    """Responses as a scorer sees them: an empty response becomes a single space (scorers refuse
-    empty text; an empty answer is still an answer, and usually a bad one)."""
-    return [r if r.strip() else " " for r in responses]
