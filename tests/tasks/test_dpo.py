@@ -212,3 +212,14 @@ def test_a_judge_scores_sampled_answers_before_and_after_training(tiny_llama_dir
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "judged")]) == 0
     assert json.loads(capsys.readouterr().out)["judge_mean"] == pytest.approx(r["test"]["judge_mean"], abs=1e-6)
+
+
+def test_judged_prompts_can_come_from_another_prompt_source(tiny_llama_dir, pairs_jsonl, tmp_path) -> None:
+    extra = {"task.judge": "tests.tasks.rl_reward_fns:length", "task.judge_prompts": "rt_prompts",
+             "task.max_new_tokens": 4, "data.max_train_samples": 8, "train.max_steps": 1, "data.max_eval_samples": 2,
+             "task.log_generations": 200}
+    assert main(dpo_args(tiny_llama_dir, pairs_jsonl, tmp_path, "rtp", **extra)) == 0
+    r = results(tmp_path / "rtp")
+    assert r["test"]["judged_prompts"] == 2  # rt_prompts' test split, cut by data.max_eval_samples
+    gens = [json.loads(line) for line in (tmp_path / "rtp" / "generations.jsonl").read_text().splitlines()]
+    assert all(g["prompt"].startswith("Write a short review of the movie") for g in gens)

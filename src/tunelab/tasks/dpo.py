@@ -22,7 +22,8 @@ Metrics: ``loss``, ``reward_accuracy`` (chosen reward > rejected reward), ``chos
 log-probabilities under the policy).
 
 With ``task.judge`` (a reward or classification run, or a function; :mod:`tunelab.tasks.rl_rewards`)
-the test split's distinct prompts are also answered by sampling (``task.max_new_tokens``,
+the test split's distinct prompts (or the test split of ``task.judge_prompts``, e.g. ``rt_prompts``
+to judge on the same prompts as a PPO run) are also answered by sampling (``task.max_new_tokens``,
 ``task.temperature``, ... and ``task.eval_seed``, as in PPO) before and after training, and the
 judge's scores are reported as ``judge_mean``/``judge_median`` with ``kl`` to the reference,
 ``response_length`` and ``ended_fraction`` (:func:`tunelab.tasks.rl.judged_generation`): what the
@@ -84,6 +85,9 @@ class DPOTaskConfig(JudgeOptions):
         False, description="Score the training pairs under the reference once before training.")
     template: str = Field("auto", description="auto, chat, alpaca, or a template string with {prompt}.")
     system_prompt: str | None = Field(None, description="System turn added to prompts that have none.")
+    judge_prompts: str | None = Field(
+        None, description="Judge answers to this prompt source's splits (a prompt file or rt_prompts) instead of "
+                          "the pairs' own prompts, e.g. to compare with a PPO run on the same prompts.")
 
     @field_validator("template")
     @classmethod
@@ -277,11 +281,22 @@ class DPOTask:
             if self.judge is None:
                 self.judge = load_scorer(self.cfg.judge, "task.judge", self.cfg.judge_label, self.cfg.judge_output)
             budget = cfg.data.max_length - self.cfg.max_new_tokens
-            for split, items in pairs.items():
-                distinct = list({json.dumps(p.prompt, sort_keys=True): p.prompt for p in items}.values())
+            for split, prompts in self.judged_prompts(cfg, pairs).items():
                 data.prompt_rows[split] = [prompt_row(p, tokenizer, template, budget, bos, self.cfg.system_prompt)
-                                           for p in distinct]
+                                           for p in prompts]
         return data
+
+    def judged_prompts(self, cfg: Any, pairs: dict[str, list[PreferencePair]]) -> dict[str, list[tuple]]:
+        """Each split's distinct prompts to judge: the pairs' own, or ``task.judge_prompts``'s."""
+        if self.cfg.judge_prompts:
+            from tunelab.tasks.rl import load_prompt_splits
+
+            other = cfg.model_copy(deep=True)
+            other.data.source, other.data.validation_file, other.data.test_file = self.cfg.judge_prompts, None, None
+            other.data.max_train_samples = 1  # only validation/test are judged
+            return load_prompt_splits(other, "dpo (task.judge_prompts)")
+        return {split: list({json.dumps(p.prompt, sort_keys=True): p.prompt for p in items}.values())
+                for split, items in pairs.items()}
 
     def encode(self, pair: PreferencePair, tokenizer: Any, template: Template, max_length: int,
                bos: bool | None = None) -> dict[str, Any]:
