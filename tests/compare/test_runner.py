@@ -226,3 +226,18 @@ def test_sft_compare(tiny_llama_dir, tmp_path):
     assert record["task"] == "sft" and record["metric"] == "rouge_l" and record["budget"] == "memory"
     assert [(r["label"], r["status"]) for r in record["runs"]] == [("lora", "ok"), ("ia3", "ok")]
     assert (tmp_path / "out" / "tiny" / "report.html").is_file()
+
+
+def test_rl_compare_ranks_by_the_held_out_judge(tiny_llama_dir, tmp_path):
+    fn = "tests.tasks.rl_reward_fns:length"
+    base = {"model": {"name_or_path": str(tiny_llama_dir)},
+            "data": {"source": "rt_prompts", "max_length": 48, "max_train_samples": 4, "max_eval_samples": 4},
+            "task": {"name": "grpo", "reward": fn, "judge": fn, "group_size": 2, "max_new_tokens": 4,
+                     "ppo_epochs": 1, "eval_baseline": False},
+            "train": {"max_steps": 2, "batch_size": 2, "eval_batch_size": 8, "lr": 5e-3, "eval_strategy": "no"}}
+    path = write_compare(tmp_path / "grpo.yaml", tmp_path / "out", base, ["lora", "ia3"])
+    proc = run_cli("compare", str(path), env=QUIET)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = _record(tmp_path / "out" / "tiny")
+    assert record["task"] == "grpo" and record["metric"] == "judge_mean"
+    assert [(r["label"], r["status"]) for r in record["runs"]] == [("lora", "ok"), ("ia3", "ok")]

@@ -211,18 +211,32 @@ def test_every_method_runs_ppo_from_kl_zero_and_reloads(method, tiny_llama_dir, 
     assert json.loads(capsys.readouterr().out)["reward_mean"] == pytest.approx(r["test"]["reward_mean"], abs=1e-6)
 
 
-@pytest.mark.parametrize("method", ["lora", "full", "prompt_tuning", "ia3"])
-def test_grpo_trains_every_kind_of_method(method, tiny_llama_dir, tmp_path) -> None:
-    extra = {"method.name": method, **LLAMA_METHODS[method], "task.eval_baseline": "false"}
-    assert main(rl_args("grpo", tiny_llama_dir, tmp_path, method, **extra)) == 0
-    train = events(tmp_path / method, "train")
+def test_grpo_counts_groups_and_starts_at_loss_zero(tiny_llama_dir, tmp_path) -> None:
+    assert main(rl_args("grpo", tiny_llama_dir, tmp_path, "grpo", **{"task.eval_baseline": "false"})) == 0
+    train = events(tmp_path / "grpo", "train")
     assert len(train) == 4 * 2  # 8 prompts / 2 per batch, 2 PPO epochs
     first = train[0]
     assert abs(first["loss"]) < 1e-6 and first["kl"] == pytest.approx(0.0, abs=1e-5)
     assert "reward_std_in_group" in first and first["clip_fraction"] == 0.0
-    r = results(tmp_path / method)
+    r = results(tmp_path / "grpo")
     assert r["task"] == "grpo" and r["train_samples"] == 8 * 3  # G responses per prompt
     assert "kl" in r["test"] and "reward_mean" in r["test"]
+
+
+@pytest.mark.parametrize("method", sorted(LLAMA_METHODS))
+def test_every_method_runs_grpo_and_reloads(method, tiny_llama_dir, biased_llama_dir, tmp_path, capsys) -> None:
+    name = "lora" if method == "dora" else method
+    extra = {"method.name": name, **LLAMA_METHODS[method], "train.max_steps": 1, "task.ppo_epochs": 1,
+             "task.eval_baseline": "false", "train.eval_strategy": "no", "data.max_train_samples": 2}
+    model = biased_llama_dir if method == "bitfit" else tiny_llama_dir
+    assert main(rl_args("grpo", model, tmp_path, method, **extra)) == 0
+    first = events(tmp_path / method, "train")[0]
+    assert abs(first["loss"]) < 1e-6 and abs(first["kl"]) <= 1e-5
+    r = results(tmp_path / method)
+    assert r["method"] == [name] and 0 < r["params"]["trainable"] <= r["params"]["total"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / method)]) == 0
+    assert json.loads(capsys.readouterr().out)["reward_mean"] == pytest.approx(r["test"]["reward_mean"], abs=1e-6)
 
 
 def test_grpo_without_a_kl_term_needs_no_reference(tiny_llama_dir, tmp_path) -> None:
