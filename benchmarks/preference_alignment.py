@@ -38,7 +38,7 @@ from _bench_common import RESULTS_DIR, child_env, machine_info, run_tunelab  # n
 RUNS = Path(__file__).resolve().parent / "runs" / "preference"
 LOGS = RUNS / "logs"
 
-SAMPLING = [("task.max_new_tokens", 40), ("task.temperature", 1.0), ("task.top_k", 0), ("task.top_p", 1.0),
+SAMPLING = [("task.max_new_tokens", 32), ("task.temperature", 1.0), ("task.top_k", 0), ("task.top_p", 1.0),
             ("task.eval_seed", 0)]
 JUDGE = [("task.judge", str(RUNS / "judge")), ("task.judge_label", "fresh")]
 
@@ -67,10 +67,10 @@ STAGES: dict[str, list[tuple[str, Any]]] = {
     "ppo": [
         ("task.name", "ppo"), ("model.name_or_path", "smollm2-135m"), ("data.source", "rt_prompts"),
         ("data.max_length", 128), ("task.reward", str(RUNS / "reward")), *JUDGE, *SAMPLING,
-        ("task.kl_coef", 0.05), ("task.ppo_epochs", 2), ("task.minibatches", 1), ("task.missing_eos_penalty", 0.5),
+        ("task.kl_coef", 0.02), ("task.ppo_epochs", 2), ("task.minibatches", 2), ("task.missing_eos_penalty", 0.0),
         ("method.name", "lora"), ("method.r", 8), ("method.alpha", 16), ("method.target_modules", "all-linear"),
-        ("train.max_steps", 120), ("train.batch_size", 8), ("train.eval_batch_size", 48), ("train.lr", 5e-4),
-        ("train.warmup_ratio", 0.05), ("train.eval_strategy", "no"), ("train.log_steps", 2),
+        ("train.max_steps", 120), ("train.batch_size", 16), ("train.eval_batch_size", 48), ("train.lr", 1e-3),
+        ("train.warmup_ratio", 0.05), ("train.eval_strategy", "no"), ("train.log_steps", 4),
     ],
 }
 ORDER = ("judge", "reward", "dpo", "ppo")
