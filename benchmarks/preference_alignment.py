@@ -58,10 +58,10 @@ STAGES: dict[str, list[tuple[str, Any]]] = {
     ],
     "dpo": [
         ("task.name", "dpo"), ("model.name_or_path", "smollm2-135m"), ("data.source", "rt_preferences"),
-        ("data.max_length", 160), ("data.max_train_samples", 480), ("data.max_eval_samples", 160),
+        ("data.max_length", 128), ("data.max_train_samples", 256), ("data.max_eval_samples", 160),
         ("task.beta", 0.1), *JUDGE, ("task.judge_prompts", "rt_prompts"), *SAMPLING,
         ("method.name", "lora"), ("method.r", 8), ("method.alpha", 16), ("method.target_modules", "all-linear"),
-        ("train.epochs", 1), ("train.batch_size", 8), ("train.eval_batch_size", 32), ("train.lr", 5e-4),
+        ("train.epochs", 1), ("train.batch_size", 8), ("train.eval_batch_size", 48), ("train.lr", 1e-3),
         ("train.warmup_ratio", 0.1), ("train.eval_strategy", "no"), ("train.log_steps", 5),
     ],
     "ppo": [

@@ -9,6 +9,7 @@ stderr), every other bad row is refused in one line naming it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tunelab.data.builtin import BUILTIN_DATASETS
@@ -19,24 +20,12 @@ from tunelab.errors import UserError
 def load_pair_splits(cfg: Any, task_name: str) -> tuple[dict[str, list[PreferencePair]], dict[str, int]]:
     """Every split of ``data.source`` as preference pairs (validation/test carved from train when
     the source has none, as for the other tasks), and how many identical pairs each split skipped."""
-    from tunelab.data.readers import load_source
-    from tunelab.data.splits import make_splits
-
     d = cfg.data
     builtin = BUILTIN_DATASETS.get(d.source)
     if builtin is not None and builtin.task != "preference":
         raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}, not {task_name}; "
                         "preference tasks read prompt/chosen/rejected rows (built-in: rt_preferences)")
-    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
-    for name, ds in splits.items():
-        read_pairs(ds, name)  # bad rows are named by their place in the file, before splitting
-    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio, seed=d.split_seed)
-    if d.max_train_samples:
-        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
-    if d.max_eval_samples:
-        for name in ("validation", "test"):
-            if name in splits:
-                splits[name] = splits[name].select(range(min(d.max_eval_samples, len(splits[name]))))
+    splits = limited_splits(cfg, read_pairs)
     pairs, skipped = {}, {}
     for name, ds in splits.items():
         pairs[name], skipped[name] = read_pairs(ds, name)
@@ -45,3 +34,24 @@ def load_pair_splits(cfg: Any, task_name: str) -> tuple[dict[str, list[Preferenc
         print(f"tunelab: skipped {counts} pair(s) whose chosen and rejected responses are identical "
               "(no preference to learn)", file=sys.stderr)
     return pairs, skipped
+
+
+def limited_splits(cfg: Any, check: Callable[[Any, str], Any]) -> dict[str, Any]:
+    """``data.source``'s splits (validation/test carved from train when absent), cut to
+    ``data.max_train_samples`` / ``max_eval_samples``; ``check(dataset, split)`` reads every row
+    first, so a bad row is named by its place in the file, before any splitting."""
+    from tunelab.data.readers import load_source
+    from tunelab.data.splits import make_splits
+
+    d = cfg.data
+    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+    for name, ds in splits.items():
+        check(ds, name)
+    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio, seed=d.split_seed)
+    if d.max_train_samples:
+        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
+    if d.max_eval_samples:
+        for name in ("validation", "test"):
+            if name in splits:
+                splits[name] = splits[name].select(range(min(d.max_eval_samples, len(splits[name]))))
+    return splits

@@ -493,24 +493,14 @@ class RLTask:
 def load_prompt_splits(cfg: Any, task_name: str) -> dict[str, list[tuple[Message, ...]]]:
     """Every split of ``data.source`` as prompts (validation/test carved from train when absent)."""
     from tunelab.data.builtin import BUILTIN_DATASETS
-    from tunelab.data.readers import load_source
-    from tunelab.data.splits import make_splits
+    from tunelab.tasks.preference_data import limited_splits
 
     d = cfg.data
     builtin = BUILTIN_DATASETS.get(d.source)
     if builtin is not None and builtin.task not in ("prompts", "preference"):
         raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}, not {task_name}; "
                         "RL tasks read prompts (built-in: rt_prompts)")
-    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
-    for name, ds in splits.items():
-        read_prompts(ds, name)  # bad rows are named by their place in the file, before splitting
-    splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio, seed=d.split_seed)
-    if d.max_train_samples:
-        splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
-    if d.max_eval_samples:
-        for name in ("validation", "test"):
-            if name in splits:
-                splits[name] = splits[name].select(range(min(d.max_eval_samples, len(splits[name]))))
+    splits = limited_splits(cfg, read_prompts)
     return {name: read_prompts(ds, name) for name, ds in splits.items()}
 
 
