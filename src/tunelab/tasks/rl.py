@@ -34,7 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from tunelab.data.preference_tokens import encode_prompt
+from tunelab.data.preference_tokens import PromptCollator, encode_prompt
 from tunelab.data.preferences import read_prompts
 from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
@@ -111,21 +111,12 @@ class PromptData:
     labels: None = None
 
 
-class PromptBatches:
-    """Left-padded prompt batches with the prompts' turns: ``prompt_ids``, ``prompt_mask``, ``prompts``."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
+class PromptBatches(PromptCollator):
+    """Left-padded prompt batches (:class:`PromptCollator`) plus the prompts' turns (``prompts``),
+    which the scorers read."""
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(r["prompt_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["prompt_ids"])
-            ids[i, width - n:] = torch.tensor(row["prompt_ids"], dtype=torch.long)
-            mask[i, width - n:] = 1
-        return {"prompt_ids": ids, "prompt_mask": mask, "prompts": [row["prompt"] for row in rows]}
+        return {**super().__call__(rows), "prompts": [row["prompt"] for row in rows]}
 
 
 # ---------------------------------------------------------------------------- shared computations
@@ -462,7 +453,7 @@ class RLTask:
 
     # ------------------------------------------------------------------ the run directory
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:
-        tokenizer.save_pretrained(Path(folder) / "model")
+        self.lm.save_artifacts(folder, model, tokenizer, data, test)
 
     def load_saved_processor(self, model_dir: Path, resolved: str) -> Any:
         return self.lm.load_saved_processor(model_dir, resolved)
