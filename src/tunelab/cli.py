@@ -1,4 +1,5 @@
-"""The ``tunelab`` command: train, compare, eval, predict, score, generate, chat, export, import-peft, methods.
+"""The ``tunelab`` command: train, compare, eval, predict, score, embed, generate, chat, export, import-peft,
+methods.
 
 User mistakes print one line and exit with code 2 (``--debug`` shows the traceback). The last line
 ``train`` prints is the run directory; the last line ``compare`` prints is the comparison folder.
@@ -175,6 +176,82 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines))
     return 0
+
+
+EMBED_FORMATS = (".npy", ".safetensors", ".jsonl")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Vectors of texts from a run whose task embeds text (``embeds_text``)."""
+    from tunelab import pipeline
+    from tunelab.tasks import TASK_SPECS
+
+    if bool(args.texts) == bool(args.file):
+        raise UserError("give texts to embed or --file rows.jsonl (with --out), not both and not neither")
+    if args.out and Path(args.out).suffix not in EMBED_FORMATS:
+        raise UserError(f"--out {args.out}: the file type is read from its extension; accepted: "
+                        f"{', '.join(EMBED_FORMATS)}")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"--out {args.out} exists; pass --overwrite to replace it")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    task = pipeline.resume_config(args.run).task.name
+    if not TASK_SPECS[task].embeds_text:
+        embedders = " or ".join(name for name, spec in TASK_SPECS.items() if spec.embeds_text)
+        raise UserError(f"run {args.run} is a task.name={task} run, which does not embed texts; runs of "
+                        f"task.name={embedders} do")
+    loaded = pipeline.load_run(args.run)
+    texts = _texts_to_embed(loaded, args) if args.file else list(args.texts)
+    vectors = loaded.task.embed(loaded, texts, batch_size=args.batch_size)
+    if not args.out:
+        print("\n".join(json.dumps({"text": t, "embedding": v.tolist()}) for t, v in zip(texts, vectors)))
+        return 0
+    _write_vectors(Path(args.out), texts, vectors)
+    print(f"wrote {len(texts)} embeddings of dimension {vectors.shape[1]} to {args.out}")
+    return 0
+
+
+def _texts_to_embed(loaded, args: argparse.Namespace) -> list[str]:
+    from tunelab.data.readers import load_source
+
+    ds = load_source(args.file)["train"]
+    candidates = [args.column] if args.column else [loaded.cfg.data.text_column, "text", "anchor"]
+    column = next((c for c in candidates if c and c in ds.column_names), None)
+    if column is None:
+        raise UserError(f"file {args.file} has no column {' or '.join(repr(c) for c in candidates if c)}; its "
+                        f"columns: {', '.join(ds.column_names)} (choose one with --column)")
+    texts = list(ds[column])
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"file {args.file} row {i + 1}, column '{column}' is empty; every row needs a text")
+    return texts
+
+
+def _write_vectors(out: Path, texts: list[str], vectors) -> None:
+    """``.npy`` (float32 [N, d]), ``.safetensors`` (tensor ``embeddings``), ``.jsonl`` (text + embedding);
+    written to a temporary file first, so a failure leaves no half-written output."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
+    os.close(fd)
+    try:
+        if out.suffix == ".npy":
+            np.save(tmp, vectors.numpy().astype(np.float32), allow_pickle=False)
+        elif out.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({"embeddings": vectors.contiguous()}, tmp, metadata={"count": str(len(texts))})
+        else:
+            Path(tmp).write_text("".join(json.dumps({"text": t, "embedding": v.tolist()}) + "\n"
+                                         for t, v in zip(texts, vectors)))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _scored_pairs(loaded, args: argparse.Namespace) -> list[dict]:
@@ -389,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", choices=("probability", "logit"), default="probability",
                    help="classification run: report the label's probability (default) or its logit")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("embed", help="embed texts with a contrastive run (vectors to stdout or a file)")
+    p.add_argument("run")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    p.add_argument("--file", help="rows as .jsonl/.csv/... with a text column (see --column)")
+    p.add_argument("--column", help="the --file column to embed (default: data.text_column, else text, else anchor)")
+    p.add_argument("--out", help="write the vectors here: .npy (float32 [N, d]), .safetensors (tensor "
+                                 "'embeddings') or .jsonl (text + embedding); default: JSON lines on stdout")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("generate", help="generate answers with an instruction-tuned run or a causal LM")
     _add_generation_options(p)

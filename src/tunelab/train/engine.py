@@ -103,7 +103,7 @@ class Trainer:
         self.train_loader, self.batches = make_loader(
             train_rows, cfg.batch_size, self.collate, train=True, seed=self.seed,
             group_by_length=self.group_by_length, rank=acc.process_index, world=acc.num_processes,
-            row_length=self.step.row_length)
+            row_length=self.step.row_length, order=getattr(self.step, "order", None))
         micro_per_epoch = self.batches.batches_per_epoch() * self.step.micro_per_batch()
         steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
         total = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -242,10 +242,16 @@ class Trainer:
         samples, tokens = self.step.count(batch)  # on the CPU batch: no device sync
         batch = {k: v.to(acc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
-        loss = self.step.loss(self.model, batch) / cfg.grad_accum
-        if not torch.isfinite(loss.detach()).all():
-            raise TrainingDiverged(self._diverged_message(st, loss))
-        acc.backward(loss)
+        own_backward = getattr(self.step, "backward", None)
+        if callable(own_backward):  # the step runs its backward passes itself (e.g. GradCache)
+            loss = own_backward(self.model, batch, lambda t: acc.backward(t / cfg.grad_accum)) / cfg.grad_accum
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDiverged(self._diverged_message(st, loss))
+        else:
+            loss = self.step.loss(self.model, batch) / cfg.grad_accum
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDiverged(self._diverged_message(st, loss))
+            acc.backward(loss)
         self._micro += 1
         st.train_samples += samples * acc.num_processes
         st.train_tokens += tokens * acc.num_processes

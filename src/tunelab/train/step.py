@@ -16,7 +16,12 @@ step *is* comes from the task, as a :class:`TrainStep`:
 - ``state_dict()`` / ``load_state_dict()``: extra JSON state saved with every checkpoint
   (e.g. a running reward baseline), so resume stays exact;
 - optionally ``log_metrics()``: the step's own numbers since the previous train log line (e.g.
-  mean reward, KL, clip fraction), merged into the engine's ``train`` events.
+  mean reward, KL, clip fraction), merged into the engine's ``train`` events;
+- optionally ``order(rows, batch_size, seed)``: the training order as a sampler (None: the
+  default shuffle or length grouping), e.g. batches that keep duplicate texts apart;
+- optionally ``backward(model, batch, backward) -> loss``: the step runs its own backward passes
+  through ``backward(tensor)`` (which scales for accumulation and calls the accelerator) and
+  returns the detached loss; GradCache uses it to back-propagate one chunk at a time.
 
 :class:`SupervisedStep` is the default: ``model(**batch).loss``.
 """
