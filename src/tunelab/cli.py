@@ -490,13 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("export", help="write a run as a peft adapter or as a merged transformers model")
+    p = sub.add_parser("export", help="write a run as a peft adapter, a merged transformers model or a sentence-transformers folder")
     p.add_argument("run")
     p.add_argument("--format", required=True, metavar="FORMAT",
                    help="peft: adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained "
                         "(lora, ia3, prompt_tuning, prefix_tuning, ptuning_v2); merged: adapters folded into the "
                         "base, a plain transformers folder "
-                        "(lora, ia3, full, freeze, bitfit)")
+                        "(lora, ia3, full, freeze, bitfit); sentence-transformers: a contrastive run as a "
+                        "folder SentenceTransformer(path) loads (the merged methods)")
     p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_export)

@@ -6,6 +6,7 @@
 * :func:`from_peft` -- a peft LoRA/DoRA/IA3/PROMPT_TUNING/PREFIX_TUNING adapter folder becomes a
   tunelab run directory.
 * :func:`export_merged` -- adapters folded into the base, saved as a plain transformers model.
+* :func:`export_sentence_transformers` -- a contrastive run as a sentence-transformers folder.
 
 peft converters are registered by ``peft_type`` in :data:`tunelab.interop.peft_format.CONVERTERS`;
 a method exports to peft when its spec names one (:attr:`tunelab.methods.base.MethodSpec.peft_type`).
@@ -19,8 +20,10 @@ from pathlib import Path
 from tunelab.errors import unknown
 from tunelab.interop.merged import export_merged
 from tunelab.interop.peft_format import CONVERTERS, from_peft, to_peft
+from tunelab.interop.sentence_transformers import export_sentence_transformers
 
-EXPORT_FORMATS: dict[str, Callable[..., Path]] = {"peft": to_peft, "merged": export_merged}
+EXPORT_FORMATS: dict[str, Callable[..., Path]] = {"peft": to_peft, "merged": export_merged,
+                                                  "sentence-transformers": export_sentence_transformers}
 """``tunelab export --format`` name -> writer ``(run, out, *, overwrite) -> out``."""
 
 
@@ -31,4 +34,5 @@ def export_run(run: str | Path, fmt: str, out: str | Path, *, overwrite: bool = 
     return EXPORT_FORMATS[fmt](run, out, overwrite=overwrite)
 
 
-__all__ = ["CONVERTERS", "EXPORT_FORMATS", "export_merged", "export_run", "from_peft", "to_peft"]
+__all__ = ["CONVERTERS", "EXPORT_FORMATS", "export_merged", "export_run", "export_sentence_transformers", "from_peft",
+           "to_peft"]

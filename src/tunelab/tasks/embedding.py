@@ -97,15 +97,28 @@ def st_transformer_dir(folder: str | Path) -> Path:
     return Path(folder)
 
 
+def st_root(model_dir: str | Path) -> Path | None:
+    """The sentence-transformers folder a model folder belongs to: itself, or its parent when the
+    parent's Transformer module lives in it (the older ``0_Transformer/`` layout); else None."""
+    here = Path(model_dir)
+    if (here / "modules.json").is_file():
+        return here
+    parent = here.parent
+    if st_modules(parent) is not None and st_transformer_dir(parent).resolve() == here.resolve():
+        return parent
+    return None
+
+
 def st_settings(folder: str | Path) -> tuple[str | None, bool | None]:
     """(pooling, normalize) a sentence-transformers folder declares; (None, None) for a plain model.
 
     Modules other than Transformer, Pooling and Normalize (Dense projections, ...) are refused in
     one line: an embedding without them would not be the folder's embedding.
     """
-    modules = st_modules(folder)
-    if modules is None:
+    root = st_root(folder)
+    if root is None:
         return None, None
+    folder, modules = root, st_modules(root) or []
     pooling, normalize = None, False
     for module in modules:
         kind = module.get("type", "")
