@@ -87,3 +87,53 @@ def test_empty_and_bad_arguments() -> None:
     assert list(LengthGroupedSampler([], batch_size=4, seed=0)) == []
     with pytest.raises(ValueError):
         LengthGroupedSampler([1, 2], batch_size=0, seed=0)
+
+
+# ---------------------------------------------------------------------------- DistinctTextBatches
+
+def _texts(rows, batch):
+    return [" ".join(t.split()).lower() for i in batch for t in rows[i]]
+
+
+def test_distinct_text_batches_never_repeat_a_text_and_keep_their_count() -> None:
+    from tunelab.data.batching import DistinctTextBatches
+
+    rows = [(f"anchor {i}", f"Gloss {i % 7}") for i in range(50)] + [("anchor 3", "  gloss   3 ")]  # case/space dup
+    sampler = DistinctTextBatches(rows, batch_size=6, seed=1)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        assert len(batches) == 9  # ceil(51 / 6), whatever the order
+        for batch in batches:
+            texts = _texts(rows, batch)
+            assert len(texts) == len(set(texts)), batch
+        placed = [i for b in batches for i in b]
+        assert len(placed) == len(set(placed)) and len(placed) + sampler.left_out == len(rows)
+        assert sampler.batches() == batches  # a pure function of (seed, epoch)
+    sampler.set_epoch(0)
+    first = sampler.batches()
+    sampler.set_epoch(1)
+    assert sampler.batches() != first
+
+
+def test_distinct_text_batches_fill_every_batch_when_texts_are_unique() -> None:
+    from tunelab.data.batching import DistinctTextBatches
+
+    rows = [(f"a{i}", f"b{i}") for i in range(20)]
+    sampler = DistinctTextBatches(rows, batch_size=8, seed=0)
+    assert [len(b) for b in sampler.batches()] == [8, 8, 4] and sampler.left_out == 0
+    assert sorted(sampler) == list(range(20))
+
+
+def test_sharded_sampler_uses_the_planned_batches_and_skips_on_resume() -> None:
+    from tunelab.data.batching import DistinctTextBatches, ShardedBatchSampler
+
+    rows = [(f"a{i}", f"g{i % 5}") for i in range(30)]
+    plan = DistinctTextBatches(rows, batch_size=4, seed=3)
+    sharded = ShardedBatchSampler(plan, 4)
+    sharded.set_epoch(2)
+    batches = list(sharded)
+    plan.set_epoch(2)
+    assert batches == plan.batches() and sharded.batches_per_epoch() == len(batches) == 8
+    sharded.set_epoch(2, skip=3)
+    assert list(sharded) == batches[3:]
