@@ -30,6 +30,38 @@ class ModelConfig(_Section):
         "minilm",
         description="Built-in alias (minilm), a local Hugging Face model folder, or a hub id (online only).",
     )
+    num_layers: int | None = Field(
+        None, ge=1, description="Keep this many of the model's blocks, every k-th ending with the last (k = blocks / "
+                                "num_layers; DistilBERT's student initialisation); null = all.")
+    keep_layers: list[int] | None = Field(
+        None, description="Keep exactly these blocks (0-based indices), e.g. [1, 3, 5]; null = all.")
+
+    @model_validator(mode="after")
+    def _one_way_to_shrink(self) -> "ModelConfig":
+        if self.num_layers is not None and self.keep_layers is not None:
+            raise ValueError("set model.num_layers or model.keep_layers, not both")
+        return self
+
+
+class DistillConfig(_Section):
+    """``distill:`` -- knowledge distillation from a teacher into the model being trained (the student);
+    see :mod:`tunelab.distill`. Off while ``teacher`` is null."""
+
+    teacher: str | None = Field(
+        None, description="Knowledge distillation: a finished run of the same task, or a model with a trained "
+                          "head (causal LMs: any model with the student's vocabulary); null = off.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the task loss; the teacher's term gets 1 - alpha.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of both models (the term is scaled by T^2).")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="forward_kl KL(teacher||student) (Hinton et al. 2015), reverse_kl "
+                                  "KL(student||teacher), jsd generalised Jensen-Shannon (Agarwal et al. 2024).")
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="jsd: mixture weight beta of the teacher.")
+    hidden_weight: float = Field(
+        0.0, ge=0, description="Weight of the MSE between the features the two heads read (a linear projection "
+                               "learns the map when their widths differ); 0 = off.")
+    cache_teacher: bool | None = Field(
+        None, description="Compute the teacher's outputs once before training (null: when they are fixed per row "
+                          "and fit in memory -- classification, images without augmentation).")
 
 
 class DataConfig(_Section):
@@ -130,6 +162,7 @@ class RunConfig(_Section):
         default_factory=list, description="More methods composed with `method` (union of what they train)."
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     def methods(self) -> list[Any]:
         """The primary method followed by the composed ones."""

@@ -19,10 +19,12 @@ from datasets import Dataset
 
 from tunelab.allocator import active_allocator
 from tunelab.config import RunConfig, to_yaml_dict, validate_config
+from tunelab.distill import check_fit, distill_step, load_teacher
 from tunelab.data.labels import LabelMap
 from tunelab.errors import UserError
 from tunelab.methods import apply_methods, count_parameters, get_method
 from tunelab.models.loading import fingerprint
+from tunelab.models.shrink import shrink
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import Task, get_task
 from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
@@ -32,9 +34,13 @@ from tunelab.train.engine import Trainer
 
 def check_task_methods(cfg: RunConfig) -> None:
     """Refuse task x method combinations that cannot work, before anything is loaded."""
+    from tunelab.distill import check_distill_config
+    from tunelab.tasks import TASK_SPECS
+
     task = get_task(cfg.task)
     if cfg.train.cache_frozen_trunk and not task.spec.can_cache_trunk:
         raise UserError(f"train.cache_frozen_trunk does not apply to task.name={task.name} runs; set it to false")
+    check_distill_config(cfg, task, [name for name, spec in TASK_SPECS.items() if spec.can_distill])
     task.check_methods(cfg, [get_method(m.name) for m in cfg.methods()])
 
 
@@ -43,6 +49,7 @@ def check_task_methods(cfg: RunConfig) -> None:
 def build_model(cfg: RunConfig, task: Task, resolved: str, labels: LabelMap | None):
     """Base model with a fresh head, its fingerprint (taken before any method touches it), adapted."""
     model = task.build_model(resolved, labels)
+    shrink(model, cfg.model.num_layers, cfg.model.keep_layers)  # a smaller student (distillation)
     fp = fingerprint(model, exclude=set(model.tunelab_head_params))
     apply_methods(model, cfg.methods())
     if cfg.train.gradient_checkpointing:
@@ -98,8 +105,11 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     resolved = task.resolve_model(cfg.model.name_or_path)
     processor = task.load_processor(resolved)
     data = task.prepare(cfg, processor)
+    teacher = load_teacher(cfg, task, data.labels, processor) if cfg.distill.teacher else None
     set_seed(cfg.seed)
     model, fp = build_model(cfg, task, resolved, data.labels)
+    if teacher is not None:
+        check_fit(model, teacher)
     params = count_parameters(model)
     accelerator.print(f"trainable params: {params['trainable']:,} || all params: {params['total']:,} "
                       f"|| trainable%: {params['trainable_percent']:.4f}")
@@ -115,12 +125,17 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     if baseline:
         log_test(log, "baseline", 0, *baseline, cfg)
     step = task.train_step(cfg, model, processor, accelerator.print)
+    if teacher is not None:
+        step = distill_step(cfg, task, step, model, teacher, train_collate, accelerator.print)
     trainer = Trainer(model, cfg.train, accelerator, seed=cfg.seed, collate=train_collate,
                       eval_collate=eval_collate, evaluate_fn=task.evaluate, best_metric=validation_metric(task),
                       log=log, run_dir=run.path, group_by_length=cfg.data.group_by_length, step=step)
     started = time.time()
     fit = trainer.fit(data.rows["train"], data.rows.get("validation"))
     trainer.restore_best()
+    finish = getattr(step, "finish", None)
+    if callable(finish):  # training-only modules (a distillation projection) leave before saving
+        finish(accelerator.unwrap_model(trainer.model))
     finalize(accelerator.unwrap_model(trainer.model))  # the saved form; test metrics come from it too
     test, samples = task.test_metrics(trainer.model, data, processor, accelerator, cfg)
     if accelerator.is_main_process:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 HEAD_MODULE_NAMES = ("classifier", "score", "pre_classifier", "qa_outputs", "lm_head_cls")
@@ -43,3 +46,31 @@ def head_parameter_names(model: nn.Module) -> list[str]:
         n for n, _ in model.named_parameters()
         if any(part in HEAD_MODULE_NAMES for part in n.split(".")[:-1])
     ]
+
+
+def head_module(model: nn.Module) -> nn.Module:
+    """The module that maps features to outputs: the recorded task head, else the output embeddings
+    (a causal LM's ``lm_head``). Unwraps a DDP/accelerate wrapper first."""
+    core = getattr(model, "module", model)
+    names = head_parameter_names(core)
+    if names:
+        return core.get_submodule(names[0].rsplit(".", 1)[0]) if "." in names[0] else core
+    getter = getattr(core, "get_output_embeddings", None)
+    out = getter() if callable(getter) else None
+    if out is None:
+        raise ValueError(f"cannot find the head of {type(core).__name__}")
+    return out
+
+
+@contextmanager
+def head_inputs(model: nn.Module, wanted: bool = True):
+    """Collect what the model's head reads (its input tensor) during the block; nothing when not ``wanted``."""
+    seen: list[torch.Tensor] = []
+    if not wanted:
+        yield seen
+        return
+    handle = head_module(model).register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -58,6 +58,10 @@ class TaskSpec:
     scores_responses: bool = False
     """The task object has ``score(loaded, prompts, responses, batch_size) -> list[float]``: a run
     scores responses to prompts (``tunelab score``; PPO/GRPO use it as their reward)."""
+    can_distill: bool = False
+    """A ``distill:`` teacher can train the task's model: the task object has
+    ``distill_outputs(model, batch, features) -> (logits [N, C], task loss, head features [N, H] | None)``
+    at the positions that count, and ``distill_cacheable(cfg) -> bool`` (see :mod:`tunelab.distill`)."""
     embeds_text: bool = False
     """The task object has ``embed(loaded, texts, batch_size) -> Tensor [N, d]``: a run turns texts into
     vectors (``tunelab embed``, ``export --format sentence-transformers``)."""

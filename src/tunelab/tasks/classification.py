@@ -17,7 +17,9 @@ import numpy as np
 from datasets import Dataset
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn import metrics as skm
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 from tunelab.data.builtin import BUILTIN_DATASETS
 from tunelab.data.columns import drop_missing, require_columns
@@ -26,10 +28,11 @@ from tunelab.data.loaders import eval_loader, make_loader
 from tunelab.data.readers import load_source
 from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
+from tunelab.models.layers import head_inputs
 from tunelab.models.loading import hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import inference_accelerator, predict_logits, tokenizer_source
-from tunelab.train.step import SupervisedStep
+from tunelab.train.step import SupervisedStep, model_inputs
 from tunelab.train.trunk_cache import CachedTrunkStep
 
 
@@ -148,6 +151,18 @@ class ClassificationTask:
         if cfg.train.cache_frozen_trunk:
             return CachedTrunkStep(step, padding_collator(tokenizer), cfg.train.eval_batch_size, log=log)
         return step
+
+    def distill_outputs(self, model: nn.Module, batch: dict[str, Any], features: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits [B, C], cross-entropy, the head's input features [B, H] when asked) for distillation."""
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        with head_inputs(model, features) as seen:
+            logits = model(**inputs).logits
+        return logits, F.cross_entropy(logits, batch["labels"]), seen[0] if features else None
+
+    def distill_cacheable(self, cfg: Any) -> bool:
+        """Rows are encoded once (augmentation too), so a frozen teacher's logits are fixed per row."""
+        return True
 
     def collators(self, cfg: Any, tokenizer: Any, model: nn.Module) -> tuple[Any, Any]:
         """(training collator, evaluation collator)."""
@@ -402,7 +417,7 @@ CLASSIFICATION = TaskSpec(
     description="Sequence classification (single label; text or text pairs) with a fresh head.",
     metrics=CLASSIFICATION_METRICS, validation_metric=("accuracy", True), headline="accuracy",
     summary_metrics=("accuracy", "f1", "f1_macro", "auc_roc"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
-    scores_responses=True,
+    scores_responses=True, can_distill=True,
 )
 REGRESSION = TaskSpec(
     name="regression", config_cls=ClassificationTaskConfig,

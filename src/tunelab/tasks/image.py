@@ -45,6 +45,7 @@ from tunelab.data.images import ImageSplits, load_image_source
 from tunelab.data.labels import LabelMap
 from tunelab.data.loaders import eval_loader
 from tunelab.errors import UserError
+from tunelab.models.layers import head_inputs
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import inference_accelerator, predict_logits
 from tunelab.train.step import SupervisedStep
@@ -331,6 +332,22 @@ class ImageClassificationTask:
         build = ImageCollator(eval_transform(processor), _num_classes(model))
         return CachedTrunkStep(step, build, cfg.train.eval_batch_size, log=log)
 
+    def distill_outputs(self, model: nn.Module, batch: dict[str, Any], features: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits [B, C], the soft-target cross-entropy ImageStep trains with, the head's input
+        features [B, H] when asked); frozen BatchNorms stay in eval mode, as in :class:`ImageStep`."""
+        if model.training:
+            for bn in frozen_batchnorms(model):
+                bn.eval()
+        with head_inputs(model, features) as seen:
+            logits = logits_fn(model)(model, batch)
+        loss = soft_target_loss(logits, batch["labels"], self.cfg.augment.label_smoothing)
+        return logits, loss, seen[0] if features else None
+
+    def distill_cacheable(self, cfg: Any) -> bool:
+        """Without augmentation a training image is the same tensor every epoch."""
+        return not self.cfg.augment.enabled
+
     def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
         logits, labels = predict_logits(model, loader, accelerator, forward=logits_fn(model))
         return image_metrics(logits, labels.astype(int))
@@ -497,6 +514,6 @@ IMAGE_CLASSIFICATION = TaskSpec(
              "recall_macro": True},
     validation_metric=("accuracy", True), headline="accuracy", processor="image",
     summary_metrics=("accuracy", "top5_accuracy", "f1_macro"), can_cache_trunk=True, peft_task_type=None,
-    predict_example="image.png", comparable_options=("augment",),
+    predict_example="image.png", comparable_options=("augment",), can_distill=True,
 )
 SPECS = (IMAGE_CLASSIFICATION,)

@@ -32,10 +32,11 @@ from tunelab.data.loaders import eval_loader
 from tunelab.data.packing import PackedCollator, pack
 from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncate
 from tunelab.errors import UserError
+from tunelab.models.layers import head_inputs
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
-from tunelab.train.step import SupervisedStep
+from tunelab.train.step import SupervisedStep, model_inputs
 
 
 class SFTTaskConfig(BaseModel):
@@ -121,6 +122,24 @@ class SFTTask:
     def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> SupervisedStep:
         """The default step: the causal LM's own next-token loss over the labelled tokens."""
         return SupervisedStep(length_key="input_ids", mask_key="attention_mask")
+
+    def distill_outputs(self, model: nn.Module, batch: dict[str, Any], features: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Distillation: the logits [N, V] that predict the N labelled tokens (shifted by one, as the
+        LM loss reads them), their mean cross-entropy (the model's own loss), and the final hidden
+        states at those positions when asked."""
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        with head_inputs(model, features) as seen:
+            logits = model(**inputs, use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        picked = logits[:, :-1][keep]
+        hidden = seen[0][:, :-1][keep] if features else None
+        return picked, F.cross_entropy(picked.float(), labels[keep]), hidden
+
+    def distill_cacheable(self, cfg: Any) -> bool:
+        """A distribution over the whole vocabulary per token is too large to keep: the teacher runs live."""
+        return False
 
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:
         tokenizer.save_pretrained(Path(folder) / "model")
@@ -351,6 +370,6 @@ SFT = TaskSpec(
     validation_metric=("loss", False), headline=_headline,
     summary_metrics=("loss", "perplexity", "exact_match", "rouge_l", "bleu"),
     generates_text=True, has_labels=False, can_pack=True, peft_task_type="CAUSAL_LM",
-    extra_metric_checks=_metric_problem,
+    extra_metric_checks=_metric_problem, can_distill=True,
 )
 SPECS = (SFT,)

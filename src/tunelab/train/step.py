@@ -21,7 +21,9 @@ step *is* comes from the task, as a :class:`TrainStep`:
   default shuffle or length grouping), e.g. batches that keep duplicate texts apart;
 - optionally ``backward(model, batch, backward) -> loss``: the step runs its own backward passes
   through ``backward(tensor)`` (which scales for accumulation and calls the accelerator) and
-  returns the detached loss; GradCache uses it to back-propagate one chunk at a time.
+  returns the detached loss; GradCache uses it to back-propagate one chunk at a time;
+- optionally ``finish(model)``: called once after training (best weights restored), before the
+  model is evaluated and saved, to remove training-only modules (a distillation projection).
 
 :class:`SupervisedStep` is the default: ``model(**batch).loss``.
 """
