@@ -19,8 +19,8 @@ from datasets import Dataset
 
 from tunelab.allocator import active_allocator
 from tunelab.config import RunConfig, to_yaml_dict, validate_config
-from tunelab.distill import check_fit, distill_step, load_teacher
 from tunelab.data.labels import LabelMap
+from tunelab.distill import check_fit, distill_step, load_teacher
 from tunelab.errors import UserError
 from tunelab.methods import apply_methods, count_parameters, get_method
 from tunelab.models.loading import fingerprint

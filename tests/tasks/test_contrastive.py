@@ -73,8 +73,8 @@ def test_each_data_shape_trains_with_its_loss_and_metrics(tiny_bert_dir, pairs_j
 
 
 def test_step_picks_the_loss_of_the_data_shape() -> None:
-    from tunelab.tasks.contrastive import ContrastiveTask, ContrastiveTaskConfig
     from tunelab.errors import UserError
+    from tunelab.tasks.contrastive import ContrastiveTask, ContrastiveTaskConfig
 
     task = ContrastiveTask(ContrastiveTaskConfig())
     assert [task.loss_name(f) for f in ("pairs", "scored", "labelled")] == ["mnrl", "cosent", "supcon"]

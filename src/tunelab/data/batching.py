@@ -8,9 +8,9 @@ same examples in the same order as the uninterrupted run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
-import math
 import torch
 from torch.utils.data import Sampler
 

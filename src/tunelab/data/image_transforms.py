@@ -24,7 +24,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torchvision.transforms import v2
 
 from tunelab.data.images import load_image
 from tunelab.errors import UserError
@@ -180,13 +179,23 @@ class ImageAugmentConfig(BaseModel):
 Transform = Callable[[Any], torch.Tensor]
 
 
+def _v2():
+    """torchvision's transforms v2, imported on first use (importing torchvision costs ~170 MB of memory,
+    which text runs should not pay)."""
+    from torchvision.transforms import v2
+
+    return v2
+
+
 def _to_float(pre: ImagePreprocessing) -> list[Any]:
     """uint8 [0, 255] -> float32 [0, 1] -> per-channel normalised."""
+    v2 = _v2()
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
 
 
 def _resize_crop(pre: ImagePreprocessing) -> list[Any]:
     """Resize the shorter side to ``pre.resize``, then crop the centre ``size`` x ``size``."""
+    v2 = _v2()
     return [v2.Resize(pre.resize, antialias=True), v2.CenterCrop(pre.size)]
 
 
@@ -195,6 +204,7 @@ def eval_transform(pre: ImagePreprocessing) -> Transform:
 
     Images smaller than the input (28x28 Fashion-MNIST for a 224 model) are upsampled.
     """
+    v2 = _v2()
     return v2.Compose([v2.ToImage(), *_resize_crop(pre), *_to_float(pre)])
 
 
@@ -205,6 +215,7 @@ def train_transform(pre: ImagePreprocessing, aug: ImageAugmentConfig) -> Transfo
     0..255 pixels), colour jitter next, then float conversion, normalisation and random erasing
     last (it fills with zeros = the mean colour once normalised).
     """
+    v2 = _v2()
     steps: list[Any] = [v2.ToImage()]
     if aug.random_resized_crop:
         steps.append(
@@ -229,6 +240,7 @@ def train_transform(pre: ImagePreprocessing, aug: ImageAugmentConfig) -> Transfo
 
 def batch_mixer(aug: ImageAugmentConfig, num_classes: int) -> Callable[..., Any] | None:
     """MixUp, CutMix, or a random choice of the two per batch; ``None`` when both are off."""
+    v2 = _v2()
     mixers: list[Any] = []
     if aug.mixup_alpha > 0:
         mixers.append(v2.MixUp(alpha=aug.mixup_alpha, num_classes=num_classes))

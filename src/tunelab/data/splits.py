@@ -13,7 +13,6 @@ from collections import Counter
 from typing import Any
 
 import datasets
-from sklearn.model_selection import train_test_split
 
 from tunelab.errors import UserError
 
@@ -73,6 +72,8 @@ def _cut(
     indices: list[int], keys: list[str] | None, n_holdout: int, seed: int
 ) -> tuple[list[int], list[int]]:
     """Split ``indices`` into (kept, held out) with ``n_holdout`` held out, both sorted."""
+    from sklearn.model_selection import train_test_split  # imported when a split is cut (~190 MB)
+
     stratify = keys if _can_stratify(keys, n_holdout) else None
     if keys is not None and stratify is None:
         logger.warning("cannot stratify this split (a class has < 2 rows or the split is tiny)")

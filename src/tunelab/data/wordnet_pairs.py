@@ -28,6 +28,9 @@ out by synset.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import random
 from pathlib import Path
 
@@ -138,17 +141,63 @@ def build_rows(directory: str | Path | None = None, *, triplets: bool = False) -
     return _select(_resolve(directory), triplets)
 
 
+CACHE_VERSION = "1"
+"""Bump when the rows this module makes change: cached files of another version are not read."""
+
+
 @functools.lru_cache(maxsize=8)
 def _split_rows(folder: Path, seed: int, with_negative: bool) -> dict[str, tuple[Row, ...]]:
-    """Split name -> rows (cached in memory per folder, seed and kind; callers copy)."""
+    """Split name -> rows, cached in memory and on disk (``$TUNELAB_CACHE/wordnet/``, keyed by this
+    module's version, the WordNet files' sizes and times, the seed and the kind): parsing the
+    117,659 synsets takes seconds and ~130 MB that a training run should not carry."""
+    cached = _cache_file(folder, seed, with_negative)
+    if cached is not None and cached.is_file():
+        try:
+            return {name: tuple(rows) for name, rows in json.loads(cached.read_text()).items()}
+        except (OSError, ValueError):
+            pass  # unreadable: make the rows again
     rows = _select(folder, with_negative)
+    _free_parses()
     random.Random(seed).shuffle(rows)
     splits: dict[str, tuple[Row, ...]] = {}
     start = 0
     for name, size in SPLIT_SIZES.items():
         splits[name] = tuple(rows[start : start + size])
         start += size
+    if cached is not None:
+        _write_cache(cached, splits)
     return splits
+
+
+def _cache_file(folder: Path, seed: int, with_negative: bool) -> Path | None:
+    from tunelab.models.gguf import cache_root
+
+    try:
+        stamp = "|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                         for p in sorted(folder.glob("data.*")) + sorted(folder.glob("index.*")))
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{CACHE_VERSION}|{folder.resolve()}|{seed}|{with_negative}|{stamp}".encode()).hexdigest()
+    return cache_root() / "wordnet" / f"{'triplets' if with_negative else 'pairs'}-{key[:16]}.json"
+
+
+def _write_cache(path: Path, splits: dict[str, tuple[Row, ...]]) -> None:
+    """Write atomically; a cache that cannot be written is skipped (the rows are made again next time)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({name: list(rows) for name, rows in splits.items()}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _free_parses() -> None:
+    """Drop the in-memory parse of the WordNet files (wordnet.py's caches)."""
+    from tunelab.data import wordnet
+
+    for cached in (wordnet._synsets_by_offset, wordnet._index):
+        cached.cache_clear()
 
 
 def _datasets(

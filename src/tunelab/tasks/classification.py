@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from datasets import Dataset
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn import metrics as skm
-import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -362,6 +361,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Accuracy, precision/recall/F1 (binary and macro), AUC-ROC, confusion matrix."""
+    from sklearn import metrics as skm
+
     k = logits.shape[-1]
     pred = logits.argmax(-1)
     probs = softmax(logits)
@@ -379,6 +380,8 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 def _auc(y: np.ndarray, probs: np.ndarray, k: int) -> float | None:
     """Binary AUC, or one-vs-rest macro AUC; None when a class is absent from ``y``."""
+    from sklearn import metrics as skm
+
     try:
         if k == 2:
             return float(skm.roc_auc_score(y, probs[:, 1]))
@@ -388,6 +391,8 @@ def _auc(y: np.ndarray, probs: np.ndarray, k: int) -> float | None:
 
 
 def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     mse = float(skm.mean_squared_error(y, pred))
     return {"mae": float(skm.mean_absolute_error(y, pred)), "mse": mse, "rmse": mse ** 0.5,
             "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else float("nan")}

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from tunelab.data.batching import DistinctTextBatches
 from tunelab.data.builtin import BUILTIN_DATASETS
-from tunelab.data.loaders import eval_loader, make_loader
+from tunelab.data.loaders import eval_loader
 from tunelab.data.readers import load_source
 from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
@@ -48,13 +48,26 @@ from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer,
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
 from tunelab.tasks.contrastive_data import (
-    FORMATS, ColumnCollator, ContrastiveColumns, ContrastiveData, check_contrast, check_rows, clean,
-    column_count, detect_columns, encode_split, row_length,
+    FORMATS,
+    ColumnCollator,
+    ContrastiveColumns,
+    ContrastiveData,
+    check_contrast,
+    check_rows,
+    clean,
+    column_count,
+    detect_columns,
+    encode_split,
+    row_length,
 )
 from tunelab.tasks.contrastive_losses import (
-    cosent_loss, mnrl_loss, similarity_matrix, supcon_loss, symmetric_mnrl_loss,
+    cosent_loss,
+    mnrl_loss,
+    similarity_matrix,
+    supcon_loss,
+    symmetric_mnrl_loss,
 )
-from tunelab.tasks.embedding import POOLINGS, cached_backward, embed, st_settings, st_transformer_dir
+from tunelab.tasks.embedding import cached_backward, embed, st_settings, st_transformer_dir
 from tunelab.tasks.retrieval import retrieval_metrics, spearman
 from tunelab.tasks.reward import has_causal_trunk
 from tunelab.train.step import SupervisedStep

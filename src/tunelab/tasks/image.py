@@ -29,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn import metrics as skm
 from torch import nn
 
 from tunelab.data.image_transforms import (
@@ -453,6 +452,8 @@ def read_prediction_file(file: str, column: str) -> list[dict[str, Any]]:
 def image_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Accuracy, top-5 accuracy (6+ classes), macro precision/recall/F1, per-class precision and
     recall, and the confusion matrix (rows: true class, columns: predicted), with scikit-learn."""
+    from sklearn import metrics as skm
+
     k = logits.shape[-1]
     classes = list(range(k))
     pred = logits.argmax(-1)
