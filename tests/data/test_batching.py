@@ -137,3 +137,29 @@ def test_sharded_sampler_uses_the_planned_batches_and_skips_on_resume() -> None:
     assert batches == plan.batches() and sharded.batches_per_epoch() == len(batches) == 8
     sharded.set_epoch(2, skip=3)
     assert list(sharded) == batches[3:]
+
+
+def test_distinct_text_batches_grouped_by_length_pad_less_and_stay_distinct() -> None:
+    import random as _random
+
+    from tunelab.data.batching import DistinctTextBatches
+
+    rng = _random.Random(0)
+    rows = [(f"a{i}", f"g{i % 200}") for i in range(400)]  # every gloss twice
+    lengths = [(rng.randint(5, 60), rng.randint(2, 12)) for _ in rows]
+
+    def padding(batches):
+        return sum(max(lengths[i][c] for i in b) * len(b) - sum(lengths[i][c] for i in b)
+                   for b in batches for c in (0, 1))
+
+    plain = DistinctTextBatches(rows, 16, seed=0).batches()
+    grouped_sampler = DistinctTextBatches(rows, 16, seed=0, lengths=lengths, megabatch_factor=8)
+    grouped = grouped_sampler.batches()
+    assert len(grouped) == len(plain) == 25
+    assert padding(grouped) < 0.6 * padding(plain)
+    for batch in grouped:
+        texts = [t for i in batch for t in rows[i]]
+        assert len(texts) == len(set(texts))
+    assert grouped_sampler.batches() == grouped
+    grouped_sampler.set_epoch(1)
+    assert grouped_sampler.batches() != grouped

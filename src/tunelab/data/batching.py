@@ -129,18 +129,24 @@ class DistinctTextBatches(Sampler[int]):
 
     Per epoch: a seeded permutation (``seed + epoch``) is scanned greedily; each batch takes, in
     order, the next rows none of whose texts is already in the batch, and rows that clash wait for
-    a later batch. There are always ``ceil(n / batch_size)`` batches, so an epoch's length and the
+    a later batch. With ``lengths`` (a tuple of token counts per row, e.g. (positive, anchor)) the
+    permutation is first cut into megabatches of ``batch_size * megabatch_factor`` rows, each sorted
+    by length, so a batch holds texts of similar length (less padding: each text column is padded to
+    its longest), and the planned batches are then shuffled with the same generator. There are always ``ceil(n / batch_size)`` batches, so an epoch's length and the
     schedule do not depend on the order; a batch that cannot be filled without a clash stays
     short, and rows still waiting after the last batch are left out of this epoch (they repeat a
     text that is trained on elsewhere in it; :attr:`left_out` counts them). The plan is a pure
     function of ``(keys, batch_size, seed, epoch)``, so resume stays exact.
     """
 
-    def __init__(self, keys: Sequence[Sequence[str]], batch_size: int, seed: int) -> None:
+    def __init__(self, keys: Sequence[Sequence[str]], batch_size: int, seed: int,
+                 lengths: Sequence[tuple[int, ...]] | None = None, megabatch_factor: int = 50) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.keys = [frozenset(" ".join(str(t).split()).lower() for t in row) for row in keys]
+        self.lengths = [tuple(x) for x in lengths] if lengths is not None else None
         self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
+        self.megabatch_factor = int(megabatch_factor)
         self.left_out = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,7 +154,12 @@ class DistinctTextBatches(Sampler[int]):
 
     def batches(self) -> list[list[int]]:
         """The current epoch's batches (row indices), in training order."""
-        waiting = _permutation(len(self.keys), self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        waiting = torch.randperm(len(self.keys), generator=generator).tolist()
+        if self.lengths is not None:
+            mega = self.batch_size * self.megabatch_factor
+            waiting = [i for start in range(0, len(waiting), mega)
+                       for i in sorted(waiting[start:start + mega], key=lambda i: self.lengths[i], reverse=True)]
         planned: list[list[int]] = []
         for _ in range(math.ceil(len(self.keys) / self.batch_size)):
             batch: list[int] = []
@@ -166,6 +177,9 @@ class DistinctTextBatches(Sampler[int]):
             planned.append(batch)
             waiting = later
         self.left_out = len(waiting)
+        if self.lengths is not None:
+            shuffle = torch.randperm(len(planned), generator=generator).tolist()
+            planned = [planned[i] for i in shuffle]
         return planned
 
     def __iter__(self) -> Iterator[int]:

@@ -129,17 +129,19 @@ class Embedder:
 class ContrastiveStep(SupervisedStep):
     """Embeds every column of a batch and applies the loss; GradCache when ``chunk`` is set."""
 
-    def __init__(self, loss: str, scale: float, similarity: str, dedup: bool, chunk: int | None) -> None:
+    def __init__(self, loss: str, scale: float, similarity: str, dedup: bool, chunk: int | None,
+                 group_by_length: bool = False) -> None:
         super().__init__(length_key=None, mask_key=None)
         self.loss_name, self.scale, self.similarity = loss, scale, similarity
-        self.dedup, self.chunk = dedup, chunk
+        self.dedup, self.chunk, self.group_by_length = dedup, chunk, group_by_length
         if chunk is not None:
             self.backward = self._cached_backward
 
     def order(self, rows: Sequence[dict], batch_size: int, seed: int) -> Any:
         """Batches without duplicate texts for the in-batch-negative losses (None: default order)."""
         if self.dedup and self.loss_name in LOSS_FOR_FORMAT["pairs"]:
-            return DistinctTextBatches([r["keys"] for r in rows], batch_size, seed)
+            lengths = [column_lengths(r) for r in rows] if self.group_by_length else None
+            return DistinctTextBatches([r["keys"] for r in rows], batch_size, seed, lengths)
         return None
 
     def row_length(self, row: dict) -> int | None:
@@ -167,6 +169,11 @@ class ContrastiveStep(SupervisedStep):
         embedder = Embedder.of(model)
         return cached_backward(lambda ids, mask: embedder(model, ids, mask), self.columns(batch),
                                lambda reps: self.objective(reps, batch), self.chunk, backward)
+
+
+def column_lengths(row: dict[str, Any]) -> tuple[int, ...]:
+    """A row's text lengths, longest column first: what length-grouped batches sort by."""
+    return tuple(sorted((len(v) for k, v in row.items() if k.startswith("input_ids_")), reverse=True))
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -334,7 +341,7 @@ class ContrastiveTask:
     def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> ContrastiveStep:
         c = self.cfg
         return ContrastiveStep(self.loss_name(self.format or "pairs"), c.scale, c.similarity, c.dedup_batches,
-                               c.grad_cache_chunk)
+                               c.grad_cache_chunk, group_by_length=cfg.data.group_by_length)
 
     def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
         """The data shape's metrics (module docstring) over a prepared loader."""
