@@ -71,7 +71,18 @@ def _teacher_run(ref: str, cfg: Any) -> Teacher:
         raise UserError(f"distill.teacher: run {ref} is a task.name={task_name} run; the student is a "
                         f"task.name={cfg.task.name} run (the teacher must be of the same task)")
     loaded = load_run(ref)
+    _merge_if_possible(loaded)
     return Teacher(loaded.model, ref, loaded.labels, loaded.processor)
+
+
+def _merge_if_possible(loaded: Any) -> None:
+    """Fold the teacher's adapters into its weights when its methods allow (the same outputs, one
+    matmul per layer instead of two): the teacher runs on every batch, or once per row."""
+    from tunelab.interop.merged import merge_into_base
+    from tunelab.methods import get_method
+
+    if all(get_method(m.name).mergeable for m in loaded.cfg.methods()):
+        merge_into_base(loaded.model, loaded.cfg)
 
 
 def _teacher_model(ref: str, task: Any, student_labels: Any) -> Teacher:

@@ -242,16 +242,7 @@ class Trainer:
         samples, tokens = self.step.count(batch)  # on the CPU batch: no device sync
         batch = {k: v.to(acc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
-        own_backward = getattr(self.step, "backward", None)
-        if callable(own_backward):  # the step runs its backward passes itself (e.g. GradCache)
-            loss = own_backward(self.model, batch, lambda t: acc.backward(t / cfg.grad_accum)) / cfg.grad_accum
-            if not torch.isfinite(loss.detach()).all():
-                raise TrainingDiverged(self._diverged_message(st, loss))
-        else:
-            loss = self.step.loss(self.model, batch) / cfg.grad_accum
-            if not torch.isfinite(loss.detach()).all():
-                raise TrainingDiverged(self._diverged_message(st, loss))
-            acc.backward(loss)
+        loss = self._loss_and_backward(st, batch)
         self._micro += 1
         st.train_samples += samples * acc.num_processes
         st.train_tokens += tokens * acc.num_processes
@@ -262,6 +253,21 @@ class Trainer:
         stop = self._after_step(st, loss.detach().float().item() * cfg.grad_accum, bar)
         self._t0 = time.perf_counter()
         return stop
+
+    def _loss_and_backward(self, st: LoopState, batch: dict[str, Any]) -> torch.Tensor:
+        """The micro-batch's loss (scaled for accumulation), back-propagated; a step with its own
+        ``backward`` (GradCache) runs its backward passes itself through the accelerator."""
+        scale = self.cfg.grad_accum
+        own_backward = getattr(self.step, "backward", None)
+        if callable(own_backward):
+            loss = own_backward(self.model, batch, lambda t: self.acc.backward(t / scale)) / scale
+        else:
+            loss = self.step.loss(self.model, batch) / scale
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(self._diverged_message(st, loss))
+        if not callable(own_backward):
+            self.acc.backward(loss)
+        return loss
 
     def _optimizer_step(self, st: LoopState) -> None:
         if self.cfg.max_grad_norm:
