@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(p)
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("export", help="write a run as a peft adapter, a merged transformers model or a sentence-transformers folder")
+    p = sub.add_parser("export", help="write a run as a peft adapter, a merged transformers model or a "
+                                      "sentence-transformers folder")
     p.add_argument("run")
     p.add_argument("--format", required=True, metavar="FORMAT",
                    help="peft: adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained "

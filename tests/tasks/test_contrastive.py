@@ -56,7 +56,8 @@ def test_each_data_shape_trains_with_its_loss_and_metrics(tiny_bert_dir, pairs_j
                                                           capsys) -> None:
     rows = [json.loads(line) for line in pairs_jsonl.read_text().splitlines()]
     scored = write_jsonl(tmp_path / "scored.jsonl", [
-        {"anchor": r["anchor"], "positive": r["positive"] if i % 2 else r["negative"], "score": float(i % 2 * 4 + i % 3)}
+        {"anchor": r["anchor"], "positive": r["positive"] if i % 2 else r["negative"],
+         "score": float(i % 2 * 4 + i % 3)}
         for i, r in enumerate(rows)])
     for name, data in (("pairs", pairs_jsonl), ("scored", scored), ("labelled", reviews_jsonl)):
         assert main(contrastive_args(tiny_bert_dir, data, tmp_path, name)) == 0, capsys.readouterr().err
@@ -262,11 +263,16 @@ def test_embed_prints_and_writes_the_runs_vectors(lora_run, tmp_path, capsys) ->
     for suffix in (".npy", ".safetensors", ".jsonl"):
         out = tmp_path / f"vectors{suffix}"
         assert main(["embed", str(lora_run), "--file", str(texts), "--out", str(out)]) == 0
-        got = (np.load(out) if suffix == ".npy" else load_file(str(out))["embeddings"].numpy()
-               if suffix == ".safetensors" else np.array([json.loads(x)["embedding"] for x in out.read_text().splitlines()]))
+        if suffix == ".npy":
+            got = np.load(out)
+        elif suffix == ".safetensors":
+            got = load_file(str(out))["embeddings"].numpy()
+        else:
+            got = np.array([json.loads(x)["embedding"] for x in out.read_text().splitlines()])
         assert got.shape == (3, expected.shape[1]) and np.allclose(got, expected.numpy(), atol=1e-6)
     assert main(["predict", str(lora_run), "a bank"]) == 0
-    assert np.allclose(json.loads(capsys.readouterr().out.splitlines()[-1])["embedding"], expected[0].numpy(), atol=1e-6)
+    predicted = json.loads(capsys.readouterr().out.splitlines()[-1])["embedding"]
+    assert np.allclose(predicted, expected[0].numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -316,7 +322,8 @@ def test_export_refuses_a_method_that_does_not_merge(tiny_bert_dir, pairs_jsonl,
     extra = {"method.name": "prompt_tuning", "method.num_virtual_tokens": 4, "train.max_steps": 1}
     assert main(contrastive_args(tiny_bert_dir, pairs_jsonl, tmp_path, "pt", **extra)) == 0
     capsys.readouterr()
-    assert main(["export", str(tmp_path / "pt"), "--format", "sentence-transformers", "--out", str(tmp_path / "o")]) == 2
+    out = str(tmp_path / "o")
+    assert main(["export", str(tmp_path / "pt"), "--format", "sentence-transformers", "--out", out]) == 2
     one_error_line(capsys.readouterr().err, "cannot be merged")
     assert not (tmp_path / "o").exists()
 

@@ -132,11 +132,13 @@ class DistinctTextBatches(Sampler[int]):
     a later batch. With ``lengths`` (a tuple of token counts per row, e.g. (positive, anchor)) the
     permutation is first cut into megabatches of ``batch_size * megabatch_factor`` rows, each sorted
     by length, so a batch holds texts of similar length (less padding: each text column is padded to
-    its longest), and the planned batches are then shuffled with the same generator. There are always ``ceil(n / batch_size)`` batches, so an epoch's length and the
-    schedule do not depend on the order; a batch that cannot be filled without a clash stays
+    its longest), and the planned batches are then shuffled with the same generator.
+
+    There are always ``ceil(n / batch_size)`` batches, so an epoch's length and the schedule do not
+    depend on the order; a batch that cannot be filled without a clash stays
     short, and rows still waiting after the last batch are left out of this epoch (they repeat a
     text that is trained on elsewhere in it; :attr:`left_out` counts them). The plan is a pure
-    function of ``(keys, batch_size, seed, epoch)``, so resume stays exact.
+    function of ``(keys, lengths, batch_size, seed, epoch)``, so resume stays exact.
     """
 
     def __init__(self, keys: Sequence[Sequence[str]], batch_size: int, seed: int,

@@ -66,7 +66,8 @@ def export_sentence_transformers(run: str | Path, out: str | Path, *, overwrite:
             f"`{run_dir.path.name}` (base `{cfg.model.name_or_path}`, method "
             f"{', '.join(m.name for m in cfg.methods())}, pooling {model.tunelab_pooling}"
             f"{', normalised' if model.tunelab_normalize else ''}).\n\n```python\nfrom sentence_transformers import "
-            "SentenceTransformer\nmodel = SentenceTransformer(\"PATH\")\nvectors = model.encode([\"some text\"])\n```\n")
+            "SentenceTransformer\nmodel = SentenceTransformer(\"PATH\")\n"
+            "vectors = model.encode([\"some text\"])\n```\n")
     return out_path
 
 

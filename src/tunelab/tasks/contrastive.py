@@ -309,9 +309,9 @@ class ContrastiveTask:
         d = cfg.data
         builtin = BUILTIN_DATASETS.get(d.source)
         if builtin is not None and builtin.task not in ("pairs", "classification"):
+            pairs = ", ".join(n for n, b in BUILTIN_DATASETS.items() if b.task == "pairs")
             raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}; contrastive "
-                            f"learning reads pairs ({', '.join(n for n, b in BUILTIN_DATASETS.items() if b.task == 'pairs')}) "
-                            "or labelled rows (rotten_tomatoes)")
+                            f"learning reads pairs ({pairs}) or labelled rows (rotten_tomatoes)")
         splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
         text_col = d.text_column or (builtin.text_column if builtin and builtin.task == "classification" else None)
         label_col = d.label_column or (builtin.label_column if builtin and builtin.task == "classification" else None)
@@ -433,8 +433,8 @@ class ContrastiveTask:
         if name not in prepared.rows:
             raise UserError(f"run {loaded.run.path} has no '{split}' split; available: {', '.join(prepared.rows)}")
         acc = inference_accelerator()
-        loader = eval_loader(prepared.rows[name], cfg.train.eval_batch_size, ColumnCollator(loaded.processor.pad_token_id),
-                             acc)
+        collate = ColumnCollator(loaded.processor.pad_token_id)
+        loader = eval_loader(prepared.rows[name], cfg.train.eval_batch_size, collate, acc)
         return {"split": "eval" if data else split, **self.evaluate(acc.prepare(loaded.model), loader, acc)}
 
 
