@@ -25,17 +25,19 @@ from tunelab.distill.losses import divergence, feature_mse
 from tunelab.distill.teacher import Teacher
 from tunelab.errors import UserError
 from tunelab.models.layers import head_module
+from tunelab.train.step import WrappedStep
 
 PROJECTION = "tunelab_distill_projection"
 """Name of the feature projection on the student while it trains (never saved with the run)."""
 
 
-class DistillStep:
+class DistillStep(WrappedStep):
     """See the module docstring; ``inner`` is the task's own step."""
 
     def __init__(self, inner: Any, task: Any, teacher: Teacher, options: Any, *, cache: bool, collate,
                  batch_size: int, log: Callable[[str], None] = print) -> None:
-        self.inner, self.task, self.teacher, self.o = inner, task, teacher, options
+        super().__init__(inner)
+        self.task, self.teacher, self.o = task, teacher, options
         self.cache, self.collate, self.batch_size, self.log = cache, collate, batch_size, log
         self.cached: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._sums = {"task_loss": 0.0, "kd_loss": 0.0, "feature_mse": 0.0}
@@ -68,24 +70,6 @@ class DistillStep:
                     self.cached[i] = (logits[j].float().cpu(), feats[j].float().cpu() if feats is not None else None)
         self.log(f"cached the teacher's outputs for {len(rows)} training rows in {time.perf_counter() - t0:.1f} s")
         return [dict(r, row_index=i) for i, r in enumerate(rows)]
-
-    def micro_batches(self, model: nn.Module, batch: dict) -> list[dict]:
-        return self.inner.micro_batches(model, batch)
-
-    def micro_per_batch(self) -> int:
-        return self.inner.micro_per_batch()
-
-    def count(self, batch: dict) -> tuple[int, int]:
-        return self.inner.count(batch)
-
-    def row_length(self, row: dict) -> int | None:
-        return self.inner.row_length(row)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
 
     # ------------------------------------------------------------------ the loss
     def teacher_outputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:

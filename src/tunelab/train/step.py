@@ -67,6 +67,38 @@ def batch_size_of(batch: Batch) -> int:
     return 0
 
 
+class WrappedStep:
+    """Base of steps that change how another step's loss is computed (a cached trunk, a teacher's
+    term) and hand everything else -- batches, counting, lengths, state -- to that ``inner`` step."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def prepare(self, model: nn.Module, rows: Sequence[dict]) -> Sequence[dict]:
+        return self.inner.prepare(model, rows)
+
+    def micro_batches(self, model: nn.Module, batch: Batch) -> list[Batch]:
+        return self.inner.micro_batches(model, batch)
+
+    def micro_per_batch(self) -> int:
+        return self.inner.micro_per_batch()
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self.inner.loss(model, batch)
+
+    def count(self, batch: Batch) -> tuple[int, int]:
+        return self.inner.count(batch)
+
+    def row_length(self, row: dict) -> int | None:
+        return self.inner.row_length(row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
 class SupervisedStep:
     """The default step: the model computes its own loss from the batch's ``labels``.
 

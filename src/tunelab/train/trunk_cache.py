@@ -24,6 +24,7 @@ from torch import nn
 
 from tunelab.errors import UserError
 from tunelab.models.layers import find_layer_list
+from tunelab.train.step import WrappedStep
 
 
 class _Stop(Exception):
@@ -147,7 +148,7 @@ class FrozenTrunkCache:
                 del block.forward  # back to the class's forward
 
 
-class CachedTrunkStep:
+class CachedTrunkStep(WrappedStep):
     """A training step that runs only the trainable top: wraps another step (default behaviour
     for everything but the forward pass, which sees the cached trunk).
 
@@ -155,7 +156,8 @@ class CachedTrunkStep:
     """
 
     def __init__(self, inner: Any, collate, batch_size: int, *, log: Callable[[str], None] = print) -> None:
-        self.inner, self.collate, self.batch_size, self.log = inner, collate, batch_size, log
+        super().__init__(inner)
+        self.collate, self.batch_size, self.log = collate, batch_size, log
         self.cache: FrozenTrunkCache | None = None
 
     def prepare(self, model: nn.Module, rows: Sequence[dict]) -> Sequence[dict]:
@@ -167,25 +169,7 @@ class CachedTrunkStep:
                  f"in {time.perf_counter() - t0:.1f} s")
         return [dict(r, row_index=i) for i, r in enumerate(self.inner.prepare(model, rows))]
 
-    def micro_batches(self, model: nn.Module, batch: dict) -> list[dict]:
-        return self.inner.micro_batches(model, batch)
-
-    def micro_per_batch(self) -> int:
-        return self.inner.micro_per_batch()
-
     def loss(self, model: nn.Module, batch: dict) -> torch.Tensor:
         assert self.cache is not None, "prepare() builds the cache before the first step"
         with self.cache.active(batch["row_index"], batch.get(self.mask_key) if self.mask_key else None):
             return self.inner.loss(model, batch)
-
-    def count(self, batch: dict) -> tuple[int, int]:
-        return self.inner.count(batch)
-
-    def row_length(self, row: dict) -> int | None:
-        return self.inner.row_length(row)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
