@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny budgets to check the script (distillation.quick.json)")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--sft-steps", type=int, default=150, help="optimizer steps of each SFT student (default 150)")
     p.add_argument("--keep-runs", type=Path, default=None, help="keep run folders here (default: a temp folder)")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
@@ -74,14 +75,14 @@ def image_recipe(q: bool) -> tuple[list, list]:
     return teacher, student
 
 
-def sft_recipe(q: bool) -> tuple[list, list]:
+def sft_recipe(q: bool, steps: int = 150) -> tuple[list, list]:
     common = [("task.name", "sft"), ("model.name_or_path", "smollm2-135m"), ("data.source", "wordnet_instruct"),
               ("data.max_train_samples", 64 if q else 1200), ("data.max_length", 96), ("task.eval_generate", 0),
               ("train.batch_size", 8), ("train.eval_batch_size", 16), ("train.eval_strategy", "no"),
               ("train.warmup_ratio", 0.05), ("task.eval_baseline", True)]
     teacher = common + [("train.max_steps", 1), ("train.lr", 1e-12), ("method.name", "lora"), ("seed", 42)]
     student = common + [("model.num_layers", 10), ("method.name", "full"), ("train.lr", 2e-4),
-                        ("train.max_steps", 4 if q else 150)]
+                        ("train.max_steps", 4 if q else steps)]
     return teacher, student
 
 
@@ -163,7 +164,7 @@ def mean_std(values: list[float]) -> dict[str, float | None]:
 
 def run_section(name: str, args: argparse.Namespace, runs: Path, logs: Path, env: dict) -> dict[str, Any]:
     recipe, metric, larger = RECIPES[name]
-    teacher_pairs, student_pairs = recipe(args.quick)
+    teacher_pairs, student_pairs = recipe(args.quick, args.sft_steps) if name == "sft" else recipe(args.quick)
     seeds = args.sft_seeds if name == "sft" else args.seeds
     print(f"[{name}] teacher ...", flush=True)
     teacher = bc.run_tunelab(teacher_pairs, f"{name}-teacher", runs, logs, env=env)
@@ -227,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                   "machine": bc.machine_info(), "alpha": args.alpha, "temperature": args.temperature,
                                   "seeds": args.seeds, "sft_seeds": args.sft_seeds, "sections": {}}
+        if out_path.is_file():  # sections run by an earlier invocation (--only) are kept
+            import json
+
+            earlier = json.loads(out_path.read_text()).get("sections", {})
+            result["sections"] = {k: v for k, v in earlier.items() if k not in args.only}
+            result["earlier_sections_kept"] = sorted(result["sections"])
         for name in args.only:
             result["sections"][name] = run_section(name, args, runs, logs, env)
             result["total_seconds"] = round(time.time() - started, 1)
