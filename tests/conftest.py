@@ -150,3 +150,15 @@ LLAMA_METHODS = {
     "bitfit": {},
 }
 """Overrides that make every method train on the tiny Llama in a few steps (BitFit needs biases)."""
+
+
+def one_error_line(err: str, fragment: str) -> None:
+    """Exactly one ``tunelab: error:`` line, containing ``fragment``, and no traceback."""
+    lines = [line for line in err.strip().splitlines() if line.startswith("tunelab: error:")]
+    assert len(lines) == 1 and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def results(run: Path) -> dict:
+    """A finished run's results.json."""
+    return json.loads((run / "results.json").read_text())

@@ -14,22 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, tiny_overrides, train_and_kill
+from tests.conftest import one_error_line, results, run_cli, tiny_overrides, train_and_kill
 from tests.tasks.test_image import _overrides as image_overrides
 from tests.tasks.test_image import cnn_weights, colour_folder  # noqa: F401 -- fixtures
 from tunelab.cli import main
 from tunelab.distill.losses import distillation_loss, divergence
 from tunelab.methods import METHODS
-
-
-def one_error_line(err: str, fragment: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.startswith("tunelab: error:")]
-    assert len(lines) == 1 and fragment in lines[0], err
-    assert "Traceback" not in err
-
-
-def results(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())
 
 
 def events(run: Path, event: str) -> list[dict]:

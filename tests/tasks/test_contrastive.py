@@ -12,19 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli, train_and_kill
+from tests.conftest import one_error_line, results, run_cli, train_and_kill
 from tunelab.cli import main
 from tunelab.methods import METHODS
-
-
-def one_error_line(err: str, fragment: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.startswith("tunelab: error:")]
-    assert len(lines) == 1 and fragment in lines[0], err
-    assert "Traceback" not in err
-
-
-def results(run: Path) -> dict:
-    return json.loads((run / "results.json").read_text())
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

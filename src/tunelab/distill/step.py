@@ -95,16 +95,15 @@ class DistillStep(WrappedStep):
             projection = getattr(getattr(model, "module", model), PROJECTION, None)
             mse = feature_mse(projection(feats) if projection is not None else feats, t_feats)
             loss = loss + o.hidden_weight * mse
-        self._sums["task_loss"] += float(task_loss.detach())
-        self._sums["kd_loss"] += float(kd.detach())
-        self._sums["feature_mse"] += float(mse.detach())
+        for key, value in (("task_loss", task_loss), ("kd_loss", kd), ("feature_mse", mse)):
+            self._sums[key] = self._sums[key] + value.detach()  # a tensor: read once per log line, no sync per step
         self._count += 1
         return loss
 
     def log_metrics(self) -> dict[str, float]:
         """Mean task loss, divergence (without T^2) and feature MSE since the last log line."""
         n = max(self._count, 1)
-        out = {k: v / n for k, v in self._sums.items() if k != "feature_mse" or self.features}
+        out = {k: float(v) / n for k, v in self._sums.items() if k != "feature_mse" or self.features}
         inner = getattr(self.inner, "log_metrics", None)
         if callable(inner):
             out.update(inner())
