@@ -376,6 +376,45 @@ def _add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", help="auto, chat, alpaca or a template string with {prompt} (default: the run's)")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from tunelab.serve import serve
+    from tunelab.serve.schemas import ServeLimits
+
+    limits = {name: getattr(args, name) for name in ServeLimits.model_fields if getattr(args, name, None) is not None}
+    if args.max_body_mb is not None:
+        limits["max_body_bytes"] = int(args.max_body_mb * 1024 * 1024)
+    try:
+        ServeLimits(**limits)
+    except ValueError as e:
+        first = e.errors()[0] if hasattr(e, "errors") else {"loc": ("?",), "msg": str(e)}  # type: ignore[attr-defined]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    api_key = args.api_key or os.environ.get("TUNELAB_API_KEY") or None
+    serve(args.runs, base=args.base, host=args.host, port=args.port, api_key=api_key, limits=limits,
+          log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    from tunelab.serve.schemas import ServeLimits
+
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run directories to serve (ALIAS=RUN names one); the "
+                                                           "request's 'model' is the run's folder name or alias")
+    p.add_argument("--base", metavar="MODEL", help="also serve this causal LM as it is (e.g. smollm2-135m); runs "
+                                                  "trained on it share its copy")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $TUNELAB_API_KEY, else none)")
+    fields = ServeLimits.model_fields
+    for name in ("max_tokens", "max_prompt_tokens", "max_n", "max_inputs", "max_queue", "max_batch_size",
+                 "batch_wait_ms"):
+        kind = float if name == "batch_wait_ms" else int
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                       help=f"{fields[name].description} (default {fields[name].default})")
+    p.add_argument("--max-body-mb", type=float, default=None, help="largest request body in MiB (default 8)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tunelab.interop import export_run
 
@@ -489,6 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="interactive terminal chat (streams tokens, keeps the history)")
     _add_generation_options(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible API with a playground page "
+                                     "(adapters over one base share it)")
+    _add_serve_options(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a run as a peft adapter, a merged transformers model or a "
                                       "sentence-transformers folder")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunelab.adapters import blend, storage
+from tunelab.adapters import blend, mixed, storage
 from tunelab.adapters.capture import Adapter, capture, check_methods, fill, follow_device, restore_modules, set_owned
 from tunelab.adapters.labels import label_config, run_label_map, set_label_config
 from tunelab.errors import UserError, unknown
@@ -293,6 +293,34 @@ class AdapterSet:
             setattr(module, leaf, original)
         set_label_config(self.model, self._base_labels)
         self._active = None
+
+    # ------------------------------------------------------------------ mixed batches
+    def why_not_mixable(self, names: Sequence[str | None]) -> str | None:
+        """Why rows asking for these adapters (None: the base) cannot share one batch, or None."""
+        return mixed.why_not_mixable({n: self._get(n) for n in dict.fromkeys(names) if n is not None})
+
+    @contextmanager
+    def mixed(self, rows: Sequence[str | None]) -> Iterator[nn.Module]:
+        """For the block, row ``i`` of every batch the model sees runs through adapter ``rows[i]``
+        (None: the bare base); see :mod:`tunelab.adapters.mixed`. The batch must have ``len(rows)``
+        rows in that order. Afterwards the previously active adapter is back."""
+        from tunelab.methods.targets import replace_module
+
+        parts = {n: self._get(n) for n in dict.fromkeys(rows) if n is not None}
+        problem = mixed.why_not_mixable(parts)
+        if problem:
+            raise UserError(f"cannot mix these adapters in one batch: {problem}; run them one adapter at a time")
+        with self._bare():
+            for adapter in parts.values():
+                follow_device(adapter, self.model)
+                for wrapper in adapter.wrappers.values():
+                    wrapper.train(False)
+            try:
+                for name, router in mixed.routers(rows, parts, self._base_modules).items():
+                    replace_module(self.model, name, router)
+                yield self.model
+            finally:
+                restore_modules(self.model, self._base_modules)
 
     # ------------------------------------------------------------------ merging
     def merge(self, name: str | None = None, *, exact: bool = True) -> None:

@@ -62,6 +62,10 @@ class TaskSpec:
     """A ``distill:`` teacher can train the task's model: the task object has
     ``distill_outputs(model, batch, features) -> (logits [N, C], task loss, head features [N, H] | None)``
     at the positions that count, and ``distill_cacheable(cfg) -> bool`` (see :mod:`tunelab.distill`)."""
+    classifies: bool = False
+    """The task object has ``classify(loaded, inputs, batch_size) -> list[dict]``: label, score and
+    probabilities (or a regression's prediction) for texts, or for images (PIL) when ``processor`` is
+    ``image`` (``tunelab serve``'s ``/v1/classify``)."""
     embeds_text: bool = False
     """The task object has ``embed(loaded, texts, batch_size) -> Tensor [N, d]``: a run turns texts into
     vectors (``tunelab embed``, ``export --format sentence-transformers``)."""

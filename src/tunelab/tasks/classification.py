@@ -214,6 +214,14 @@ class ClassificationTask:
         logits, _ = predict_logits(acc.prepare(loaded.model), acc.prepare(loader), acc)
         return self.predictions(logits, loaded.labels)
 
+    def classify(self, loaded: Any, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """``predict_rows`` for bare texts (runs that read one text per row)."""
+        cols = resolve_columns(loaded.cfg)
+        if cols.text_pair:
+            raise UserError(f"this run reads text pairs ({cols.text}, {cols.text_pair}); classify takes one text "
+                            "per input")
+        return self.predict_rows(loaded, Dataset.from_dict({cols.text: [str(t) for t in texts]}), batch_size)
+
     def score(self, loaded: Any, prompts: Sequence[Sequence[dict[str, str]]], responses: Sequence[str],
               batch_size: int = 32, label: str | None = None, output: str = "probability",
               allow_empty: bool = False) -> list[float]:
@@ -422,7 +430,7 @@ CLASSIFICATION = TaskSpec(
     description="Sequence classification (single label; text or text pairs) with a fresh head.",
     metrics=CLASSIFICATION_METRICS, validation_metric=("accuracy", True), headline="accuracy",
     summary_metrics=("accuracy", "f1", "f1_macro", "auc_roc"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
-    scores_responses=True, can_distill=True,
+    scores_responses=True, can_distill=True, classifies=True,
 )
 REGRESSION = TaskSpec(
     name="regression", config_cls=ClassificationTaskConfig,
@@ -430,6 +438,6 @@ REGRESSION = TaskSpec(
     description="Sequence regression: one float per text, MSE loss.",
     metrics=REGRESSION_METRICS, validation_metric=("rmse", False), headline="rmse", has_labels=True,
     summary_metrics=("rmse", "mae", "r2"), can_cache_trunk=True, peft_task_type="SEQ_CLS",
-    scores_responses=True,
+    scores_responses=True, classifies=True,
 )
 SPECS = (CLASSIFICATION, REGRESSION)

@@ -394,6 +394,14 @@ class ImageClassificationTask:
         logits, _ = predict_logits(acc.prepare(loaded.model), loader, acc, forward=logits_fn(loaded.model))
         return [{**row, **pred} for row, pred in zip(rows, predictions(logits, loaded.labels))]
 
+    def classify(self, loaded: Any, images: Sequence[Any], batch_size: int = 64) -> list[dict[str, Any]]:
+        """Class probabilities for decoded images (PIL images, arrays or paths)."""
+        collate = ImageCollator(eval_transform(loaded.processor), loaded.labels.num_labels, with_labels=False)
+        acc = inference_accelerator()
+        loader = eval_loader([{"image": im} for im in images], batch_size, collate, acc)
+        logits, _ = predict_logits(acc.prepare(loaded.model), loader, acc, forward=logits_fn(loaded.model))
+        return predictions(logits, loaded.labels)
+
     def evaluate_source(self, loaded: Any, data: str | None, split: str) -> dict[str, Any]:
         cfg = loaded.cfg
         if data:
@@ -515,6 +523,6 @@ IMAGE_CLASSIFICATION = TaskSpec(
              "recall_macro": True},
     validation_metric=("accuracy", True), headline="accuracy", processor="image",
     summary_metrics=("accuracy", "top5_accuracy", "f1_macro"), can_cache_trunk=True, peft_task_type=None,
-    predict_example="image.png", comparable_options=("augment",), can_distill=True,
+    predict_example="image.png", comparable_options=("augment",), can_distill=True, classifies=True,
 )
 SPECS = (IMAGE_CLASSIFICATION,)
