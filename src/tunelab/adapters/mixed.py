@@ -9,9 +9,9 @@ row equals what a batch of that adapter alone gives (up to float rounding of the
 This is the same idea as multi-LoRA serving (S-LoRA, Sheng et al., 2023; Punica, Chen et al.,
 2023), done with plain indexing instead of custom kernels.
 
-Only adapters made of wrapper modules can mix (LoRA with DoRA/rsLoRA, IA3, bottleneck adapters):
-forward hooks (parallel adapters, virtual tokens) and in-place tensors (BitFit biases, trained
-heads) act on the whole batch. Two mixed adapters may not wrap nested modules (one a submodule of
+Only adapters made of nothing but wrapper modules can mix (LoRA with DoRA/rsLoRA, IA3): forward
+hooks (parallel adapters) and base tensors trained in place (BitFit's biases, the LayerNorms of
+serial adapters, trained heads) act on the whole batch. Two mixed adapters may not wrap nested modules (one a submodule of
 the other's), since an inner router would see only the rows the outer one passed down.
 """
 

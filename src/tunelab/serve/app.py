@@ -346,22 +346,26 @@ def create_app(models: dict[str, reg.ServedModel], *, api_key: str | None = None
                                 "multipart files named 'image'", param="input")
         if not wants_images and images is not None:
             raise ApiError(400, f"model '{model.name}' classifies texts; send them in 'input'", param="images")
-        inputs = images if wants_images else texts
-        if inputs is None:
+        if (images if wants_images else texts) is None:
             raise ApiError(400, "give 'input' (texts) or 'images'", param="input")
-        inputs = _inputs(inputs, "images" if wants_images else "input", texts_only=not wants_images)
+        if wants_images:
+            inputs = [_decode_image(data() if callable(data) else data, where)
+                      for data, where in _inputs(images, "images", texts_only=False)]
+        else:
+            inputs = _inputs(texts, "input")
         predictions = await _submit(request, CLASSIFY, model, inputs)
         return {"object": "list", "model": model.name,
                 "data": [{"index": i, **p} for i, p in enumerate(predictions)]}
 
-    async def _classify_inputs(request: Request) -> tuple[str, list[str] | None, list[Any] | None]:
+    async def _classify_inputs(request: Request) -> tuple[str, list[str] | None, list[tuple[Any, str]] | None]:
+        """(model, texts, images as (bytes or a decoder of them, where)) of a JSON or multipart request."""
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             form = await request.form()
             name = form.get("model")
             files = [f for key in ("image", "images", "file") for f in form.getlist(key) if hasattr(f, "read")]
             texts = [t for t in form.getlist("input") if isinstance(t, str)] or None
-            images = [_decode_image(await f.read(), getattr(f, "filename", None) or "upload") for f in files] or None
+            images = [(await f.read(), getattr(f, "filename", None) or "upload") for f in files] or None
             if not isinstance(name, str) or not name:
                 raise ApiError(400, "model: a multipart request needs a 'model' field", param="model")
             return name, texts, images
@@ -374,7 +378,7 @@ def create_app(models: dict[str, reg.ServedModel], *, api_key: str | None = None
             raise ApiError(400, message, param=param) from None
         texts = [body.input] if isinstance(body.input, str) else body.input
         listed = [body.images] if isinstance(body.images, str) else body.images
-        images = [_decode_image(_b64(v, i), f"images[{i}]") for i, v in enumerate(listed)] if listed else None
+        images = [((lambda v=v, i=i: _b64(v, i)), f"images[{i}]") for i, v in enumerate(listed)] if listed else None
         return body.model, texts, images
 
     def _inputs(values: list[Any], param: str, texts_only: bool = True) -> list[Any]:

@@ -6,7 +6,7 @@ oldest waiting job, waits up to ``batch_wait_ms`` for more, and forms a batch of
 
 * the same model group (one model in memory) and the same kind of work;
 * for generation, rows of *different* adapters of a shared base join the same batch when the
-  adapters can mix (:mod:`tunelab.adapters.mixed`: LoRA, DoRA, IA3, bottleneck adapters); otherwise
+  adapters can mix (:mod:`tunelab.adapters.mixed`: LoRA with DoRA/rsLoRA, IA3); otherwise
   only rows of the oldest job's adapter do, and the rest wait for the next batch (scheduled by
   adapter, oldest first);
 * embeddings and classification batch the rows of one model.
