@@ -11,8 +11,9 @@ This is the same idea as multi-LoRA serving (S-LoRA, Sheng et al., 2023; Punica,
 
 Only adapters made of nothing but wrapper modules can mix (LoRA with DoRA/rsLoRA, IA3): forward
 hooks (parallel adapters) and base tensors trained in place (BitFit's biases, the LayerNorms of
-serial adapters, trained heads) act on the whole batch. Two mixed adapters may not wrap nested modules (one a submodule of
-the other's), since an inner router would see only the rows the outer one passed down.
+serial adapters, trained heads) act on the whole batch. Two mixed adapters may not wrap nested
+modules (one a submodule of the other's), since an inner router would see only the rows the outer
+one passed down.
 """
 
 from __future__ import annotations
