@@ -59,6 +59,12 @@ def expected(run: Path, messages, max_new_tokens: int = 12) -> str:
                           GenerationOptions(max_new_tokens=max_new_tokens))[0]
 
 
+def test_the_shared_base_is_served_without_being_asked(lm_runs, tiny_llama_dir) -> None:
+    models = load_models([("alpha", str(lm_runs["alpha"])), ("delta", str(lm_runs["delta"]))])
+    assert set(models) == {"alpha", "delta", tiny_llama_dir.name}
+    assert models[tiny_llama_dir.name].group is models["alpha"].group and models[tiny_llama_dir.name].adapter is None
+
+
 def test_models_lists_every_run_and_the_base(client, served, tiny_llama_dir) -> None:
     cards = {m.id: m for m in client.models.list().data}
     assert set(cards) == {"alpha", "beta", "gamma", "delta", tiny_llama_dir.name}

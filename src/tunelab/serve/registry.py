@@ -3,7 +3,8 @@
 Runs whose methods can be swapped in and out of a shared base (:data:`tunelab.adapters.SUPPORTED_METHODS`:
 LoRA with DoRA/rsLoRA, IA3, bottleneck adapters, BitFit) and that were trained on the same base for
 the same task share one copy of it in an :class:`~tunelab.adapters.AdapterSet` (a :class:`ModelGroup`);
-the base itself is then served too, under its own name, when it is a causal LM. Runs of the other
+the base itself is then served too, under its own name (``model.name_or_path``, a folder's name),
+when it is a causal LM. Runs of the other
 methods (full, freeze, QLoRA, virtual tokens) load their own model (``load_run``).
 
 What a model answers follows its task's spec, never its task's name: ``generates_text`` ->
@@ -220,6 +221,13 @@ def load_models(runs: Sequence[tuple[str, str]], base: str | None = None,
         served[name] = entry
     if base is not None:
         _add_base(served, groups, base, log)
+    from tunelab.tasks import TASK_SPECS
+
+    for key in list(groups):  # the shared base of generative runs is a model too
+        task_name, ref, layers, keep = key.split("|")
+        named = Path(ref).name if Path(ref).exists() else ref
+        if TASK_SPECS[task_name].generates_text and (layers, keep) == ("None", "None") and named not in served:
+            _add_base(served, groups, ref, log)
     if not served:
         raise UserError("serve: give at least one run directory (or --base MODEL)")
     return served
