@@ -107,7 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tunelab.compare.runner import run_compare
 
     try:
-        run_compare(args.config, overwrite=args.overwrite, only=args.only, budget=args.budget)
+        run_compare(args.config, overwrite=args.overwrite, only=args.only, budget=args.budget, jobs=args.jobs)
     except KeyboardInterrupt:
         print(f"\ntunelab: interrupted; run tunelab compare {args.config} again to continue (finished runs are "
               "skipped, the interrupted one resumes from its last checkpoint)", file=sys.stderr)
@@ -475,8 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo runs that already finished or started")
     p.add_argument("--only", nargs="+", metavar="LABEL", help="run (or with --overwrite redo) only these runs; "
                                                              "the report still includes the others that finished")
-    p.add_argument("--budget", choices=("params", "memory", "time"),
+    p.add_argument("--budget", choices=("params", "memory", "time", "artifact", "latency"),
                    help="rank and recommend by this cost (default: the file's budget, else params)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once, one device each (CUDA devices; on a CPU-only machine the runs "
+                        "share the cores; default 1)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval", help="evaluate a trained run on its test split or another labelled file")

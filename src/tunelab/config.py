@@ -103,6 +103,9 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(5, ge=1, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_seconds: float | None = Field(
+        None, gt=0, description="Stop after this much training time in seconds (evaluation not counted): a "
+                                "wall-clock budget. The schedule still spans epochs/max_steps.")
     batch_size: int = Field(32, ge=1, description="Training batch size per process.")
     eval_batch_size: int = Field(128, ge=1, description="Evaluation batch size per process.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate of the adapted parameters.")

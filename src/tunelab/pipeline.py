@@ -25,6 +25,8 @@ from tunelab.errors import UserError
 from tunelab.methods import apply_methods, count_parameters, get_method
 from tunelab.models.loading import fingerprint
 from tunelab.models.shrink import shrink
+from tunelab.row_scores import FILE as ROW_SCORES_FILE
+from tunelab.row_scores import split_rows, write_row_scores
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import Task, get_task
 from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
@@ -123,6 +125,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
         model.to(accelerator.device)  # the baseline runs before the trainer places the model
     baseline = None if resume else task.baseline(model, data, processor, accelerator, cfg)
     if baseline:
+        baseline = (split_rows(baseline[0])[0], baseline[1])
+    if baseline:
         log_test(log, "baseline", 0, *baseline, cfg)
     step = task.train_step(cfg, model, processor, accelerator.print)
     if teacher is not None:
@@ -137,12 +141,21 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     if callable(finish):  # training-only modules (a distillation projection) leave before saving
         finish(accelerator.unwrap_model(trainer.model))
     finalize(accelerator.unwrap_model(trainer.model))  # the saved form; test metrics come from it too
+    tested = time.perf_counter()
     test, samples = task.test_metrics(trainer.model, data, processor, accelerator, cfg)
+    test_seconds = time.perf_counter() - tested
+    test, rows = split_rows(test)
     if accelerator.is_main_process:
         if test:
             log_test(log, "test", fit.global_step, test, samples, cfg)
         results = results_record(cfg, task, fit, trainer.metric_name, test, params, fp, accelerator,
                                  wall_seconds=time.time() - started)
+        if test:
+            results["test_seconds"] = round(test_seconds, 3)
+        if rows:
+            write_row_scores(run.path / ROW_SCORES_FILE, rows, test)
+            results["test_rows"] = len(next(iter(rows.values())))
+            results["latency_ms_per_row"] = round(1000 * test_seconds / max(results["test_rows"], 1), 3)
         before = baseline[0] if baseline else next(iter(run.events(event="eval", split="baseline")), None)
         before = dict(before, split=test.get("split")) if before else None
         if before:
@@ -174,7 +187,8 @@ def results_record(cfg: RunConfig, task, fit, metric: str, test: dict, params: d
         "test": test, "last_validation": fit.last_eval,
         "best_validation": {"metric": metric, "value": fit.best_metric, "step": fit.best_step},
         "params": params, "global_step": fit.global_step, "epochs": fit.epochs_completed,
-        "stopped_early": fit.stopped_early, "train_seconds": round(fit.train_seconds, 3),
+        "stopped_early": fit.stopped_early, "time_budget_reached": fit.time_budget_reached,
+        "train_seconds": round(fit.train_seconds, 3),
         "samples_per_second": round(fit.samples_per_second, 3), "train_samples": fit.train_samples,
         "tokens_per_second": round(fit.tokens_per_second, 3), "train_tokens": fit.train_tokens,
         "wall_seconds": round(wall_seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1),

@@ -47,7 +47,7 @@ LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+,=-]{0,99}$")
 RUN_KEYS = ("method", "extra_methods", "name", "output_dir")
 """Run config keys that ``base`` may not hold: each run brings its methods; the comparison names and places runs."""
 
-SAME_BUDGET = ("seed", "train.epochs", "train.max_steps")
+SAME_BUDGET = ("seed", "train.epochs", "train.max_steps", "train.max_seconds")
 SAME_DATA = ("model", "data.source", "data.validation_file", "data.test_file", "data.validation_ratio",
              "data.test_ratio", "data.split_seed", "data.max_train_samples")
 def _method_name(value: Any, where: str) -> str:
@@ -120,9 +120,27 @@ class CompareConfig(BaseModel):
     runs: list[RunSpec] = Field(
         min_length=1, description="The runs, in order: method names, or mappings with label, method, "
                                   "extra_methods and set.")
-    budget: Literal["params", "memory", "time"] = Field(
-        "params", description="Cost the recommendation minimises: trainable parameters, peak memory or "
-                              "training time.")
+    budget: Literal["params", "memory", "time", "artifact", "latency"] = Field(
+        "params", description="Cost the recommendation minimises: trainable parameters, peak memory, training "
+                              "time, artifact size (the saved weights) or inference latency (ms per test row).")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="Train every run once per seed (each seed seeds initialisation and data "
+                                        "order; the data split stays data.split_seed): the report shows mean ± std "
+                                        "and a 95% interval, and tests differences. Default: base's seed, once.")
+    data_sizes: list[int | Literal["all"]] | None = Field(
+        None, min_length=1, description="Train every run on nested training subsets of these sizes (the first N "
+                                        "training rows, 'all' for every row), scored on the same test split: "
+                                        "learning curves and a recommendation by data size.")
+    budget_seconds: float | None = Field(
+        None, gt=0, description="Equal wall-clock budget: every run stops after this much training time "
+                                "(train.max_seconds), instead of only at its epochs or steps.")
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="Hard limit: runs whose peak memory exceeds it are marked and never recommended.")
+    max_params: int | None = Field(
+        None, ge=1, description="Hard limit: runs that train more parameters are marked and never recommended.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Level of the intervals and of the tie tests "
+                                                                "(a difference is significant when p < 1 - level).")
+    resamples: int = Field(2000, ge=100, le=100_000, description="Bootstrap resamples of the test rows.")
     metric: str | None = Field(
         None, description="Test metric to compare (default by task: accuracy, rmse; sft: rouge_l when "
                           "generations are scored, else loss).")
@@ -139,6 +157,28 @@ class CompareConfig(BaseModel):
         if info.field_name == "runs" and isinstance(value, list):
             return [{"method": v} if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("seeds", mode="after")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            twice = sorted({s for s in value if value.count(s) > 1})
+            if twice:
+                raise ValueError(f"seed {twice[0]} is listed more than once; every seed must be distinct")
+        return value
+
+    @field_validator("data_sizes", mode="after")
+    @classmethod
+    def _distinct_sizes(cls, value: list[int | str] | None) -> list[int | str] | None:
+        if value is None:
+            return value
+        for size in value:
+            if size != "all" and size < 1:
+                raise ValueError(f"a data size is a number of training rows (1 or more) or 'all'; got {size}")
+        twice = sorted({str(s) for s in value if value.count(s) > 1})
+        if twice:
+            raise ValueError(f"data size {twice[0]} is listed more than once; every size must be distinct")
+        return sorted(value, key=lambda s: (s == "all", 0 if s == "all" else s))
 
     @field_validator("base", mode="after")
     @classmethod
@@ -209,10 +249,21 @@ def _explain(err: ValidationError) -> str:
 
 @dataclass
 class PlannedRun:
-    """One run of a comparison: its label and its validated run config."""
+    """One run of a comparison: its label, its validated run config and its place in the grid (the
+    ``runs`` entry it comes from, its seed, its training-set size)."""
 
     label: str
     config: RunConfig
+    group: str = ""
+    """Label of the ``runs`` entry (the method variant); seeds and sizes of one entry share it."""
+    seed: int | None = None
+    size: int | str | None = None
+    """The entry of ``data_sizes`` (None when the comparison does not sweep sizes)."""
+    train_rows: int | None = None
+    """Training rows the run learns from (known when sizes are swept)."""
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.label
 
     @property
     def data(self) -> dict[str, Any]:
@@ -236,11 +287,78 @@ def plan_runs(cfg: CompareConfig, out_dir: str | Path) -> list[PlannedRun]:
     for i, flat in enumerate(sets):
         for key in flat:
             check_set_key(i, key)
+    _check_grid(cfg)
     labels = run_labels(cfg.runs, sets)
-    runs = [PlannedRun(label, _validate_run(label, merged_config(cfg.base, spec, flat), Path(out_dir)))
-            for label, spec, flat in zip(labels, cfg.runs, sets)]
+    seeds = cfg.seeds or [None]
+    sizes = cfg.data_sizes or [None]
+    runs = []
+    for label, spec, flat in zip(labels, cfg.runs, sets):
+        for size in sizes:
+            for seed in seeds:
+                name = label + ("" if seed is None else f"-seed{seed}") + ("" if size is None else f"-n{size}")
+                data = merged_config(cfg.base, spec, {**flat, **grid_overrides(cfg, seed, size)})
+                runs.append(PlannedRun(name, _validate_run(name, data, Path(out_dir)), label, seed, size))
     check_metric(cfg.metric, runs[0].config)
+    check_budget_measurable(cfg.budget, runs[0].config)
+    if cfg.data_sizes:
+        available = count_training_rows(runs[0].config)
+        check_sizes(cfg.data_sizes, available)
+        for run in runs:
+            run.train_rows = available if run.size == "all" else int(run.size)
     return runs
+
+
+def grid_overrides(cfg: CompareConfig, seed: int | None, size: int | str | None) -> dict[str, Any]:
+    """The keys one cell of the grid sets: its seed, its training-set size, the time budget."""
+    out: dict[str, Any] = {}
+    if seed is not None:
+        out["seed"] = seed
+    if size is not None:
+        out["data.max_train_samples"] = None if size == "all" else size
+    if cfg.budget_seconds is not None:
+        out["train.max_seconds"] = cfg.budget_seconds
+    return out
+
+
+def _check_grid(cfg: CompareConfig) -> None:
+    """``seeds``/``data_sizes``/``budget_seconds`` own the keys they set: base may not set them too."""
+    flat = flatten(cfg.base)
+    owned = (("seeds", "seed"), ("data_sizes", "data.max_train_samples"), ("budget_seconds", "train.max_seconds"))
+    for key, base_key in owned:
+        if getattr(cfg, key) is not None and base_key in flat:
+            raise UserError(f"compare config: '{key}' sets each run's {base_key}; remove {base_key} from base "
+                            f"(or drop {key})")
+
+
+def check_budget_measurable(budget: str, cfg: RunConfig) -> None:
+    """``latency`` is measured on the test split: a config without one cannot rank by it."""
+    d = cfg.data
+    if budget == "latency" and not (d.test_file or d.test_ratio):
+        raise UserError("compare config key 'budget': 'latency' is measured on the test split, and these runs have "
+                        "none (base data.test_ratio is 0 and no data.test_file); set one, or rank by params, "
+                        "memory, time or artifact")
+
+
+def count_training_rows(cfg: RunConfig) -> int:
+    """Training rows the task reads from the base config's data (all of them, before any subset)."""
+    from tunelab.tasks import get_task
+
+    probe = cfg.model_copy(deep=True)
+    probe.data.max_train_samples = None
+    if hasattr(probe.task, "packing"):
+        probe.task.packing = False  # count examples, not packed sequences
+    task = get_task(probe.task)
+    data = task.prepare(probe, task.load_processor(task.resolve_model(probe.model.name_or_path)))
+    return len(data.rows["train"])
+
+
+def check_sizes(sizes: list[int | str], available: int) -> None:
+    """Every data size must fit in the training rows there are."""
+    too_big = [s for s in sizes if s != "all" and s > available]
+    if too_big:
+        raise UserError(f"compare config key 'data_sizes': {too_big[0]} training rows asked, but the data has "
+                        f"{available:,} training rows (after the validation/test split); use sizes up to "
+                        f"{available} or 'all'")
 
 
 def _check_base(base: dict[str, Any]) -> None:

@@ -76,4 +76,8 @@ def fmt_cost(s: RunSummary, budget: str) -> str:
         return f"(no {COSTS[budget][1]} recorded)"
     if budget == "params":
         return f"{int(c):,}" + (f" ({fmt_pct(s.trainable_percent)}%)" if s.trainable_percent is not None else "")
+    if budget == "artifact":
+        return fmt_bytes(int(c))
+    if budget == "latency":
+        return f"{c:.3g} ms per row"
     return fmt_mb(c) if budget == "memory" else fmt_seconds(c)

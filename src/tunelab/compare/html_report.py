@@ -48,11 +48,14 @@ def html_table(summaries: Sequence[RunSummary], budget: str) -> str:
     return f'<table id="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def render_html(summaries: Sequence[RunSummary], budget: str, recommendation: str, plots: dict[str, Path]) -> str:
-    """One self-contained page: table, recommendation, plots as data URIs, failed runs."""
+def render_html(summaries: Sequence[RunSummary], budget: str, recommendation: str, plots: dict[str, Path],
+                why: Sequence[str] = ()) -> str:
+    """One self-contained page: table, recommendation and why, plots as data URIs, failed runs."""
     e = html.escape
     captions = {"metric_vs_trainable": "Metric against trainable parameters (%, log scale).",
-                "metric_vs_time": "Metric against training time.", "peak_memory": "Peak memory per run."}
+                "metric_vs_time": "Metric against training time.", "peak_memory": "Peak memory per run.",
+                "intervals": "Each method's metric with its interval (over seeds, else a bootstrap over test rows).",
+                "learning_curves": "Learning curves: metric against training rows (log scale), with intervals."}
     figures = "".join(
         f'<figure><img alt="{e(captions[name])}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode("ascii")}"><figcaption>{e(captions[name])}</figcaption></figure>'
@@ -68,5 +71,7 @@ def render_html(summaries: Sequence[RunSummary], budget: str, recommendation: st
             f'<h1>tunelab comparison</h1><p class="meta">{e(heading(summaries, budget))}</p>'
             f"{html_table(summaries, budget)}"
             f'<h2>Recommendation</h2><div class="recommendation">{advice}</div>'
+            + (f'<h2>Why this recommendation</h2><ol class="why">{"".join(f"<li>{e(x)}</li>" for x in why)}</ol>'
+               if why else "") +
             f"<h2>Plots</h2>{figures}{failed_html}"
             f"<script>{IMAGE_CHECK}</script></body></html>\n")

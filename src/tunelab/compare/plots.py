@@ -75,3 +75,42 @@ def plot_peak_memory(summaries: Sequence[RunSummary], front: set[str], path: Pat
     ax.set_ylabel("peak memory (MB)")
     ax.grid(True, axis="y", alpha=0.3)
     fig.savefig(path, format="png")
+
+
+def plot_intervals(summaries: Sequence[RunSummary], path: Path, level: str) -> None:
+    """Each method's metric with its interval (seeds or bootstrap), best at the top."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    runs = [s for s in scored_runs(summaries) if s.interval]
+    runs.sort(key=lambda s: s.value if s.greater_is_better else -s.value)
+    for i, s in enumerate(runs):
+        iv = s.interval
+        color = FRONT_COLOR if i == len(runs) - 1 else OTHER_COLOR
+        ax.errorbar([iv["mean"]], [i], xerr=[[iv["mean"] - iv["low"]], [iv["high"] - iv["mean"]]], fmt="o",
+                    color=color, capsize=4)
+    ax.set_yticks(range(len(runs)), [s.label for s in runs], fontsize=8)
+    ax.set_xlabel(f"{_metric_label(summaries)}, {level} interval")
+    ax.grid(True, axis="x", alpha=0.3)
+    if not runs:
+        ax.text(0.5, 0.5, "no interval", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(path, format="png")
+
+
+def plot_learning_curves(curves: dict[str, list[tuple[int, float, float, float]]], metric_label: str,
+                         path: Path, level: str) -> None:
+    """Metric against training rows (log x) per method: ``label -> [(rows, mean, low, high), ...]``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    markers = "os^vD<>pPX*h"
+    for i, (label, points) in enumerate(curves.items()):
+        points = sorted(points)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+        ax.errorbar(xs, ys, yerr=err, marker=markers[i % len(markers)], capsize=3, label=label, alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows (log scale)")
+    ax.set_ylabel(f"{metric_label}, {level} interval")
+    ax.grid(True, which="both", alpha=0.3)
+    if curves:
+        ax.legend(loc="best", fontsize=7, ncol=2)
+    fig.savefig(path, format="png")

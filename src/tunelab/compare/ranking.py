@@ -27,7 +27,8 @@ from tunelab.compare.formatting import (
 )
 from tunelab.compare.summary import COSTS, RunSummary, check_budget, check_comparable
 
-CHEAPEST = {"params": "fewest trainable parameters", "memory": "lowest peak memory", "time": "shortest training time"}
+CHEAPEST = {"params": "fewest trainable parameters", "memory": "lowest peak memory", "time": "shortest training time",
+            "artifact": "smallest artifact", "latency": "lowest inference latency"}
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -72,7 +73,9 @@ def within(run: RunSummary, best: RunSummary, tolerance: float) -> bool:
 
 def choose(summaries: Sequence[RunSummary], budget: str, tolerance: float = DEFAULT_TOLERANCE
            ) -> RunSummary | None:
-    """The cheapest run on the budget's Pareto front within ``tolerance`` of the best metric."""
+    """The cheapest run on the budget's Pareto front within ``tolerance`` of the best metric (runs over a
+    hard limit, :attr:`RunSummary.violations`, are left out; None when every run breaks one)."""
+    summaries = [s for s in summaries if not s.violations]
     best = best_run(summaries)
     if best is None:
         return None
@@ -127,7 +130,10 @@ def recommend(summaries: Sequence[RunSummary], budget: str, tolerance: float = D
     metric = best.metric
     lines = [f"Best {metric}: {best.label} ({fmt_value(best.value)}).",
              f"Pareto front for {words} ({STAR}): {', '.join(s.label for s in order if s.label in front) or 'none'}."]
-    if not front:
+    if pick is None:
+        lines.append("No run keeps within the hard limits (max_memory_mb, max_params): none is recommended.")
+        pick = best
+    elif not front:
         lines.append(f"No run recorded its {words}; pick by {metric} alone: {best.label}.")
     else:
         lines.append(f"For the {words} budget, pick {pick.label}: of the Pareto-front runs within {tolerance * 100:g}% "

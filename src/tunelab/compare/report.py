@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunelab.compare.formatting import STAR
 from tunelab.compare.html_report import render_html
-from tunelab.compare.plots import PLOTS, plot_metric_vs_cost, plot_peak_memory
+from tunelab.compare.plots import PLOTS, plot_intervals, plot_learning_curves, plot_metric_vs_cost, plot_peak_memory
 from tunelab.compare.ranking import (
     CHEAPEST,
     DEFAULT_TOLERANCE,
@@ -47,6 +49,17 @@ from tunelab.compare.ranking import (
     recommend,
     trade_off,
     within,
+)
+from tunelab.compare.study import (
+    Settings,
+    answers_by_size,
+    at_size,
+    data_size_lines,
+    mark_limits,
+    methods_at,
+    significance,
+    sizes,
+    statistics_lines,
 )
 from tunelab.compare.summary import (
     COSTS,
@@ -69,31 +82,133 @@ from tunelab.compare.tables import (
 
 __all__ = [
     "CHEAPEST", "COSTS", "CSV_FIELDS", "DEFAULT_TOLERANCE", "PLOTS", "STAR",
-    "RunSummary", "best_run", "check_budget", "check_comparable", "choose", "comparison_record", "default_metric",
+    "Analysis", "RunSummary", "Settings", "analyse", "best_run", "check_budget", "check_comparable", "choose", "comparison_record", "default_metric",
     "full_run", "greater_is_better", "markdown_table", "pareto_front", "ranked", "recommend", "render_html",
     "render_markdown", "rich_table", "summarize_run", "table_rows", "trade_off", "within", "write_csv",
     "write_reports",
 ]
 
 
-def write_reports(summaries: Sequence[RunSummary], out_dir: str | Path, budget: str = "params",
-                  tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Path]:
-    """Write markdown, CSV, JSON, the three plots and ``report.html`` under ``out_dir``; return their paths."""
+@dataclass
+class Analysis:
+    """What a comparison concludes: one summary per method at the headline (largest) size, the
+    recommendation in words, and the statistics and data-size records for ``comparison.json``."""
+
+    methods: list[RunSummary]
+    advice: str
+    why: list[str]
+    record: dict[str, Any]
+    curves: dict[str, list[tuple[int, float, float, float]]]
+    grid: bool
+    """The runs form a grid (several seeds or data sizes): every run is listed apart too."""
+
+
+def analyse(summaries: Sequence[RunSummary], budget: str = "params", tolerance: float = DEFAULT_TOLERANCE,
+            settings: Settings | None = None) -> Analysis:
+    """Average seeds, mark limits, test differences and read the learning curves."""
+    settings = settings or Settings()
     check_budget(budget)
     check_comparable(summaries)
+    mark_limits(summaries, settings)
+    found = sizes(summaries)
+    headline = found[-1]
+    methods = methods_at(at_size(summaries, headline), settings)
+    mark_limits(methods, settings)
+    check_comparable(methods)
+    base = recommend(methods, budget, tolerance)
+    where = f"At {_rows_of(methods):,} training rows: " if headline is not None else ""
+    stats = statistics_lines(methods, settings, budget, tolerance, where)
+    by_size = data_size_lines(summaries, settings, budget, tolerance)
+    verdicts = significance(methods, settings)
+    answers = answers_by_size(summaries, settings, budget, tolerance)
+    grid = len(found) > 1 or any(s.seed is not None for s in summaries)
+    record = {
+        "level": settings.level, "resamples": settings.resamples,
+        "limits": {"max_memory_mb": settings.max_memory_mb, "max_params": settings.max_params},
+        "tests_against_best": {label: v.to_dict() for label, v in verdicts.items()},
+        "by_size": [{"size": a.size, "train_rows": a.rows, "best": a.best.label, "recommended": a.pick.label,
+                     "ties_with_best": list(a.ties)} for a in answers],
+        "statistics": stats, "data_sizes": by_size,
+    }
+    if grid:
+        record["all_runs"] = [s.to_dict() for s in summaries]
+    curves = learning_curves(summaries, settings) if len(found) > 1 else {}
+    why = explain(methods, budget, tolerance, settings)
+    return Analysis(methods, "\n".join([base, *stats, *by_size]), why, record, curves, grid)
+
+
+def _rows_of(methods: Sequence[RunSummary]) -> int:
+    return next((m.train_rows for m in methods if m.train_rows), 0) or 0
+
+
+def learning_curves(summaries: Sequence[RunSummary], settings: Settings) -> dict[str, list[tuple[int, float, float, float]]]:
+    """``method -> [(training rows, mean, interval low, interval high), ...]`` over the swept sizes."""
+    out: dict[str, list[tuple[int, float, float, float]]] = {}
+    for size in sizes(summaries):
+        for m in methods_at(at_size(summaries, size), settings):
+            if m.ok and m.value is not None and m.train_rows:
+                iv = m.interval or {"low": m.value, "high": m.value}
+                out.setdefault(m.group, []).append((m.train_rows, m.value, iv["low"], iv["high"]))
+    return out
+
+
+def explain(methods: Sequence[RunSummary], budget: str, tolerance: float, settings: Settings) -> list[str]:
+    """The rule behind the recommendation, step by step, with this comparison's numbers."""
+    from tunelab.compare.formatting import fmt_cost, fmt_value
+
+    best, pick = best_run(methods), choose(methods, budget, tolerance)
+    words = COSTS[budget][1]
+    steps = [f"Each method is scored by its test {best.metric} ({'higher' if best.greater_is_better else 'lower'} "
+             f"is better), averaged over its seeds when it has several."]
+    over = [m.label for m in methods if m.ok and m.violations]
+    if over:
+        steps.append(f"Runs over the hard limits are set aside: {', '.join(over)}.")
+    steps.append(f"The best {best.metric} is {best.label}'s ({fmt_value(best.value)}); a run is good enough when it "
+                 f"is within {tolerance * 100:g}% of it (tolerance).")
+    if pick is not None:
+        steps.append(f"Of the good-enough runs on the Pareto front for {words}, {pick.label} costs least "
+                     f"({fmt_cost(pick, budget)}), so it is the pick.")
+    steps.append(f"Differences are tested on the same test rows at the {settings.percent} level (McNemar for "
+                 "accuracy-like 0/1 scores, else a paired bootstrap; Welch's t-test on seeds without per-row "
+                 "scores): a method whose difference from the best is not significant ties with it, so a tie is "
+                 "no reason to pay more.")
+    return steps
+
+
+def write_reports(summaries: Sequence[RunSummary], out_dir: str | Path, budget: str = "params",
+                  tolerance: float = DEFAULT_TOLERANCE, settings: Settings | None = None, *,
+                  analysis: Analysis | None = None) -> dict[str, Path]:
+    """Write markdown, CSV, JSON, the plots and ``report.html`` under ``out_dir``; return their paths.
+
+    Plots: the three cost plots always; ``intervals`` when any method has an interval and
+    ``learning_curves`` when data sizes were swept. A grid of seeds or sizes also gets ``runs.csv``
+    (every run; ``comparison.csv`` holds one row per method)."""
+    settings = settings or Settings()
+    result = analysis or analyse(summaries, budget, tolerance, settings)
+    methods, advice = result.methods, result.advice
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    advice = recommend(summaries, budget, tolerance)
     paths = {"markdown": out / "comparison.md", "csv": out / "comparison.csv", "json": out / "comparison.json",
              **{name: out / "plots" / f"{name}.png" for name in PLOTS}, "html": out / "report.html"}
-    paths["markdown"].write_text(render_markdown(summaries, budget, advice), encoding="utf-8")
-    write_csv(summaries, paths["csv"])
-    paths["json"].write_text(json.dumps(comparison_record(summaries, budget, tolerance, advice), indent=2,
-                                        ensure_ascii=False) + "\n", encoding="utf-8")
-    plot_metric_vs_cost(summaries, "trainable_percent", pareto_front(summaries, "params"),
+    if any(m.interval for m in methods):
+        paths["intervals"] = out / "plots" / "intervals.png"
+        plot_intervals(methods, paths["intervals"], settings.percent)
+    if result.curves:
+        paths["learning_curves"] = out / "plots" / "learning_curves.png"
+        first = next(m for m in methods if m.ok)
+        plot_learning_curves(result.curves, f"test {first.metric}", paths["learning_curves"], settings.percent)
+    if result.grid:
+        paths["runs_csv"] = out / "runs.csv"
+        write_csv(summaries, paths["runs_csv"])
+    paths["markdown"].write_text(render_markdown(methods, budget, advice, result.why), encoding="utf-8")
+    write_csv(methods, paths["csv"])
+    paths["json"].write_text(json.dumps(comparison_record(methods, budget, tolerance, advice, result.record),
+                                        indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    plot_metric_vs_cost(methods, "trainable_percent", pareto_front(methods, "params"),
                         "trainable parameters (% of the model, log scale)", paths["metric_vs_trainable"], log_x=True)
-    plot_metric_vs_cost(summaries, "train_seconds", pareto_front(summaries, "time"), "training time (s)",
+    plot_metric_vs_cost(methods, "train_seconds", pareto_front(methods, "time"), "training time (s)",
                         paths["metric_vs_time"])
-    plot_peak_memory(summaries, pareto_front(summaries, "memory"), paths["peak_memory"])
-    paths["html"].write_text(render_html(summaries, budget, advice, {n: paths[n] for n in PLOTS}), encoding="utf-8")
+    plot_peak_memory(methods, pareto_front(methods, "memory"), paths["peak_memory"])
+    figures = {n: paths[n] for n in ("learning_curves", "intervals", *PLOTS) if n in paths}
+    paths["html"].write_text(render_html(methods, budget, advice, figures, result.why), encoding="utf-8")
     return paths

@@ -27,12 +27,20 @@ from typing import Any, TextIO
 
 import yaml
 
-from tunelab.compare.config import CompareConfig, PlannedRun, compare_dir, load_compare, plan_runs
+from tunelab.compare.config import (
+    CompareConfig,
+    PlannedRun,
+    check_budget_measurable,
+    compare_dir,
+    load_compare,
+    plan_runs,
+)
 from tunelab.compare.report import (
     RunSummary,
+    Settings,
+    analyse,
     check_budget,
     check_comparable,
-    recommend,
     rich_table,
     summarize_run,
     write_reports,
@@ -47,24 +55,104 @@ INTERRUPT_GRACE_S = 60
 
 
 def run_compare(path: str | Path, *, overwrite: bool = False, only: Sequence[str] | None = None,
-                budget: str | None = None, stream: TextIO | None = None) -> Path:
-    """Check everything, train what is not finished, write the reports; return the comparison folder."""
+                budget: str | None = None, stream: TextIO | None = None, jobs: int = 1) -> Path:
+    """Check everything, train what is not finished, write the reports; return the comparison folder.
+
+    ``jobs`` runs train at once, each on its own device (``CUDA_VISIBLE_DEVICES``) when there are
+    accelerators; on a CPU-only machine they share the cores (threads split between them)."""
     out = stream or sys.stdout
     cfg = load_compare(path)
     budget = check_budget(budget or cfg.budget)
     root = compare_dir(cfg)
+    devices = job_devices(jobs)
     plan = plan_runs(cfg, root)
+    check_budget_measurable(budget, plan[0].config)  # --budget may differ from the file's
     selected = select_runs(plan, only)
     check_existing(plan, root, redo=selected if overwrite else set())
     write_plan(cfg, plan, root)
-    summaries = []
-    for i, run in enumerate(plan, 1):
-        summary = execute(run, root, f"[{i}/{len(plan)}] {run.label}:", metric=cfg.metric,
-                          in_scope=run.label in selected, redo=overwrite, out=out)
-        if summary is not None:
-            summaries.append(summary)
-    report(summaries, root, budget, cfg.tolerance, out)
+    if jobs > 1:
+        _say(out, f"{jobs} jobs at once, " + (f"on devices {', '.join(d for d in devices)}" if devices[0] != "cpu"
+                                             else f"sharing this machine's CPU ({_threads(jobs)} threads each)"))
+    heads = {run.label: f"[{i}/{len(plan)}] {run.label}:" for i, run in enumerate(plan, 1)}
+
+    def one(run: PlannedRun, device: str) -> RunSummary | None:
+        summary = execute(run, root, heads[run.label], metric=cfg.metric, in_scope=run.label in selected,
+                          redo=overwrite, out=out, env=device_env(device, jobs))
+        return None if summary is None else place(summary, run)
+
+    summaries = [s for s in run_jobs(plan, one, devices) if s is not None]
+    report(summaries, root, budget, cfg.tolerance, out, settings(cfg))
     return root
+
+
+def settings(cfg: CompareConfig) -> Settings:
+    """How the report judges the runs, from the compare file."""
+    return Settings(cfg.confidence, cfg.resamples, cfg.max_memory_mb, cfg.max_params)
+
+
+def place(summary: RunSummary, run: PlannedRun) -> RunSummary:
+    """The run's place in the grid: its method (group), seed and training-set size."""
+    summary.group, summary.seed, summary.size, summary.train_rows = run.group, run.seed, run.size, run.train_rows
+    return summary
+
+
+# ---------------------------------------------------------------------------- parallel jobs
+
+def job_devices(jobs: int) -> list[str]:
+    """One device per job: CUDA device numbers, or ``cpu`` for every job on a machine without them."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be 1 or more (got {jobs})")
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return ["cpu"] * jobs
+    if jobs > count:
+        raise UserError(f"--jobs {jobs} asks for one device per job, but this machine has {count} CUDA device"
+                        f"{'s' if count > 1 else ''}; use --jobs {count} or fewer")
+    return [str(i) for i in range(jobs)]
+
+
+def _threads(jobs: int) -> int:
+    return max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // jobs)
+
+
+def device_env(device: str, jobs: int) -> dict[str, str]:
+    """Environment of a training process on ``device`` (nothing changes for a single job)."""
+    if jobs == 1:
+        return {}
+    if device == "cpu":
+        n = str(_threads(jobs))
+        return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    return {"CUDA_VISIBLE_DEVICES": device}
+
+
+def run_jobs(plan: list[PlannedRun], one, devices: list[str]) -> list[RunSummary | None]:
+    """``one(run, device)`` for every run, ``len(devices)`` at a time; results in plan order."""
+    if len(devices) == 1:
+        return [one(run, devices[0]) for run in plan]
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    free: queue.Queue[str] = queue.Queue()
+    for d in devices:
+        free.put(d)
+
+    def on_a_device(run: PlannedRun) -> RunSummary | None:
+        device = free.get()
+        try:
+            return one(run, device)
+        finally:
+            free.put(device)
+
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        futures = [pool.submit(on_a_device, run) for run in plan]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def select_runs(plan: list[PlannedRun], only: Sequence[str] | None) -> set[str]:
@@ -135,7 +223,7 @@ def write_plan(cfg: CompareConfig, plan: list[PlannedRun], root: Path) -> None:
 # ---------------------------------------------------------------------------- running
 
 def execute(run: PlannedRun, root: Path, head: str, *, metric: str | None, in_scope: bool, redo: bool,
-            out: TextIO) -> RunSummary | None:
+            out: TextIO, env: dict[str, str] | None = None) -> RunSummary | None:
     """Skip, resume or (re)start one run and print one progress line; ``None`` when left out by ``--only``."""
     path = run_dir(root, run.label)
     state = run_state(path)
@@ -156,23 +244,28 @@ def execute(run: PlannedRun, root: Path, head: str, *, metric: str | None, in_sc
         action, cmd = f"resuming from step {step}", ["--resume", str(path)]
     else:
         action, cmd = "training", [str(root / "configs" / f"{run.label}.yaml")]
-    _say(out, f"{head} {action} ...", end=" ")
+    parallel = bool(env)
+    if parallel:  # other jobs print between the start and the end of this one: say both in full
+        _say(out, f"{head} {action} ...")
+    else:
+        _say(out, f"{head} {action} ...", end=" ")
     log = root / "logs" / f"{run.label}.log"
     started = time.monotonic()
-    code, output = run_logged([sys.executable, "-m", "tunelab", "train", *cmd], log, append=resume)
+    code, output = run_logged([sys.executable, "-m", "tunelab", "train", *cmd], log, append=resume, env=env)
     took = _seconds(time.monotonic() - started)
+    lead = f"{head} " if parallel else ""
     if code != 0:
         summary = RunSummary.failed(run.label, path, f"{failure_message(output, code)} (log: {log})")
-        _say(out, f"failed after {took}: {summary.error}")
+        _say(out, f"{lead}failed after {took}: {summary.error}")
         return summary
     summary = summarize_run(run.label, path, metric)
-    _say(out, f"done in {took}, {_score(summary)}" if summary.ok else f"failed after {took}: {summary.error}")
+    _say(out, f"{lead}done in {took}, {_score(summary)}" if summary.ok else f"{lead}failed after {took}: {summary.error}")
     return summary
 
 
-def run_logged(cmd: list[str], log: Path, *, append: bool) -> tuple[int, str]:
+def run_logged(cmd: list[str], log: Path, *, append: bool, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run ``cmd`` with stdout and stderr (unbuffered, in order) going to ``log``; return (exit code, output)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("ab" if append else "wb") as f:
         f.write(f"$ {shlex.join(cmd)}\n".encode())
         f.flush()
@@ -215,16 +308,18 @@ def failure_message(output: str, code: int) -> str:
 
 # ---------------------------------------------------------------------------- report
 
-def report(summaries: list[RunSummary], root: Path, budget: str, tolerance: float, out: TextIO) -> None:
+def report(summaries: list[RunSummary], root: Path, budget: str, tolerance: float, out: TextIO,
+           judged: Settings | None = None) -> None:
     """Write the report files, print the table and the recommendation; the last line is the folder."""
     from rich.console import Console
 
     if not summaries:
         raise UserError("nothing to compare: none of the runs has finished (run them without --only)")
     check_comparable(summaries)
-    paths = write_reports(summaries, root, budget, tolerance)
-    Console(file=out).print(rich_table(summaries, budget))
-    print(recommend(summaries, budget, tolerance), file=out)
+    result = analyse(summaries, budget, tolerance, judged)
+    paths = write_reports(summaries, root, budget, tolerance, judged, analysis=result)
+    Console(file=out).print(rich_table(result.methods, budget))
+    print(result.advice, file=out)
     print(f"report: {paths['html']}", file=out)
     print(root, file=out, flush=True)
 

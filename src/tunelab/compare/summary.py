@@ -26,7 +26,11 @@ COSTS: dict[str, tuple[str, str]] = {  # budget -> (RunSummary field, words)
     "params": ("trainable", "trainable parameters"),
     "memory": ("peak_memory_mb", "peak memory"),
     "time": ("train_seconds", "training time"),
+    "artifact": ("artifact_bytes", "artifact size"),
+    "latency": ("latency_ms_per_row", "inference latency"),
 }
+CLASSIC_COSTS = ("params", "memory", "time")
+"""Costs every report states a Pareto front for (plus the budget's own)."""
 
 
 @dataclass
@@ -52,6 +56,34 @@ class RunSummary:
     samples_per_second: float | None = None
     tokens_per_second: float | None = None
     artifact_bytes: int | None = None
+    latency_ms_per_row: float | None = None
+    """Test-split evaluation time per test row (inference latency, batched as evaluation batches)."""
+    time_budget_reached: bool = False
+    group: str | None = None
+    """The method variant (``runs`` entry) this run belongs to; its seeds and data sizes share it."""
+    seed: int | None = None
+    size: int | str | None = None
+    train_rows: int | None = None
+    violations: list[str] = field(default_factory=list)
+    """Hard limits (``max_memory_mb``, ``max_params``) the run breaks: it is never recommended."""
+    interval: dict[str, Any] | None = None
+    """The metric's interval (:class:`tunelab.compare.stats.Interval` as a dict)."""
+    seed_values: list[float] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    """Labels of the runs (seeds) a method's summary averages (empty for a single run)."""
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.label
+        self._rows: dict[str, Any] | None = None
+        self.member_runs: list[RunSummary] = []
+
+    def row_scores(self) -> dict[str, Any]:
+        """The run's per-row test scores (``test_rows.json``; {} when it saved none)."""
+        if self._rows is None:
+            from tunelab.row_scores import FILE, read_row_scores
+
+            self._rows = read_row_scores(self.run_dir / FILE)
+        return self._rows
 
     @classmethod
     def failed(cls, label: str, run_dir: str | Path, error: str) -> RunSummary:
@@ -69,6 +101,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe fields (non-finite numbers become ``None``)."""
         return finite({**asdict(self), "run_dir": str(self.run_dir)})
+
 
 
 # ---------------------------------------------------------------------------- reading runs
@@ -122,6 +155,8 @@ def _summary(label: str, run_dir: Path, results: dict[str, Any], metric: str | N
         samples_per_second=number(results.get("samples_per_second")),
         tokens_per_second=tokens if tokens else None,
         artifact_bytes=weights.stat().st_size if weights.is_file() else None,
+        latency_ms_per_row=number(results.get("latency_ms_per_row")),
+        time_budget_reached=bool(results.get("time_budget_reached", False)),
     )
 
 

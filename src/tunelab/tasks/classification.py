@@ -29,6 +29,7 @@ from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
 from tunelab.models.layers import head_inputs
 from tunelab.models.loading import hub_kwargs, load_tokenizer, resolve_model
+from tunelab.row_scores import ROWS_KEY, RowScores, hits
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import inference_accelerator, predict_logits, tokenizer_source
 from tunelab.train.step import SupervisedStep, model_inputs
@@ -180,8 +181,17 @@ class ClassificationTask:
         if not rows:
             return {}, []
         _, collate = self.collators(cfg, tokenizer, model)
-        return self.evaluate(model, eval_loader(rows, cfg.train.eval_batch_size, collate, accelerator),
-                             accelerator), []
+        logits, labels = predict_logits(model, eval_loader(rows, cfg.train.eval_batch_size, collate, accelerator),
+                                        accelerator)
+        return {**self.metrics(logits, labels), ROWS_KEY: self.row_scores(logits, labels)}, []
+
+    def row_scores(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, RowScores]:
+        """Per-row test scores (see :mod:`tunelab.row_scores`): hits for accuracy; errors for MAE/MSE/RMSE."""
+        if self.regression:
+            err = logits.reshape(-1) - labels.astype(np.float64)
+            return {"mae": RowScores(np.abs(err)), "mse": RowScores(err ** 2),
+                    "rmse": RowScores(err ** 2, "root_mean")}
+        return {"accuracy": hits(logits.argmax(-1) == labels.astype(int))}
 
     def baseline(self, *args: Any, **kwargs: Any) -> None:
         """Classification heads start random, so there is no meaningful before-training score."""

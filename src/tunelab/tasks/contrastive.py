@@ -45,6 +45,7 @@ from tunelab.data.readers import load_source
 from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
+from tunelab.row_scores import ROWS_KEY, RowScores, hits
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
 from tunelab.tasks.contrastive_data import (
@@ -68,7 +69,7 @@ from tunelab.tasks.contrastive_losses import (
     symmetric_mnrl_loss,
 )
 from tunelab.tasks.embedding import cached_backward, embed, st_settings, st_transformer_dir
-from tunelab.tasks.retrieval import retrieval_metrics, spearman
+from tunelab.tasks.retrieval import retrieval_means, retrieval_rows, spearman
 from tunelab.tasks.reward import has_causal_trunk
 from tunelab.train.step import SupervisedStep
 
@@ -194,35 +195,49 @@ def column_embeddings(model: nn.Module, loader, accelerator) -> dict[str, torch.
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def pair_retrieval(got: dict[str, torch.Tensor], similarity: str) -> dict[str, float]:
-    """Each anchor retrieves among the split's unique positives and negatives (``ids_<c>``)."""
+def pair_retrieval(got: dict[str, torch.Tensor], similarity: str, per_row: bool = False) -> dict[str, Any]:
+    """Each anchor retrieves among the split's unique positives and negatives (``ids_<c>``); with
+    ``per_row``, each anchor's scores too (:data:`~tunelab.row_scores.ROWS_KEY`: one positive per
+    anchor, so recall@k is a 0/1 hit)."""
     corpus_cols = sorted(int(k[len("emb_"):]) for k in got if k.startswith("emb_") and k != "emb_0")
     size = int(max(got[f"ids_{c}"].max() for c in corpus_cols)) + 1
     corpus = torch.zeros(size, got["emb_1"].shape[1])
     for c in corpus_cols:  # a text that occurs twice lands on its one corpus slot twice (same vector)
         corpus[got[f"ids_{c}"]] = got[f"emb_{c}"]
     relevant = [{int(i)} for i in got["ids_1"]]
-    return {**retrieval_metrics(got["emb_0"], corpus, relevant, similarity=similarity), "corpus": size}
+    rows = retrieval_rows(got["emb_0"], corpus, relevant, similarity=similarity)
+    metrics: dict[str, Any] = {**retrieval_means(rows), "corpus": size}
+    if per_row:
+        metrics[ROWS_KEY] = {name: hits(values) if name.startswith("recall_at") else RowScores(values)
+                             for name, values in rows.items()}
+    return metrics
 
 
-def label_retrieval(got: dict[str, torch.Tensor], similarity: str) -> dict[str, float]:
-    """Each row retrieves among all other rows; the ones with its label are relevant."""
+def label_retrieval(got: dict[str, torch.Tensor], similarity: str, per_row: bool = False) -> dict[str, Any]:
+    """Each row retrieves among all other rows; the ones with its label are relevant. With
+    ``per_row``, each row's 1-NN hit, MRR and nDCG (rows alone in their label have no MRR/nDCG)."""
     emb, labels = got["emb_0"], got["label"].tolist()
     by_label: dict[int, set[int]] = {}
     for i, y in enumerate(labels):
         by_label.setdefault(y, set()).add(i)
     relevant = [by_label[y] - {i} for i, y in enumerate(labels)]
-    metrics = retrieval_metrics(emb, emb, relevant, exclude=list(range(len(labels))), similarity=similarity)
-    metrics = {k: v for k, v in metrics.items() if not k.startswith("recall_at")}  # recall of a class: not useful
+    rows = retrieval_rows(emb, emb, relevant, exclude=list(range(len(labels))), similarity=similarity)
+    rows = {k: v for k, v in rows.items() if not k.startswith("recall_at")}  # recall of a class: not useful
+    metrics: dict[str, Any] = retrieval_means(rows)
     sims = similarity_matrix(emb, emb, similarity)
     sims.fill_diagonal_(float("-inf"))
     top = sims.argmax(1).tolist()
-    metrics["knn_accuracy"] = float(np.mean([labels[j] == y for j, y in zip(top, labels)]))
-    return {**metrics, "corpus": len(labels)}
+    nearest = [labels[j] == y for j, y in zip(top, labels)]
+    metrics["knn_accuracy"] = float(np.mean(nearest))
+    metrics["corpus"] = len(labels)
+    if per_row:
+        metrics[ROWS_KEY] = {"knn_accuracy": hits(nearest), **{name: RowScores(v) for name, v in rows.items() if v}}
+    return metrics
 
 
-def scored_correlation(got: dict[str, torch.Tensor], similarity: str) -> dict[str, float]:
-    """Spearman (and Pearson) correlation of the pairs' similarity with their scores."""
+def scored_correlation(got: dict[str, torch.Tensor], similarity: str, per_row: bool = False) -> dict[str, float]:
+    """Spearman (and Pearson) correlation of the pairs' similarity with their scores (a correlation
+    is no aggregate of per-row numbers: ``per_row`` adds nothing)."""
     a, b, gold = got["emb_0"].double(), got["emb_1"].double(), got["score"].double().numpy()
     if similarity == "cosine":
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
@@ -343,22 +358,23 @@ class ContrastiveTask:
         return ContrastiveStep(self.loss_name(self.format or "pairs"), c.scale, c.similarity, c.dedup_batches,
                                c.grad_cache_chunk, group_by_length=cfg.data.group_by_length)
 
-    def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
-        """The data shape's metrics (module docstring) over a prepared loader."""
+    def evaluate(self, model: nn.Module, loader, accelerator, per_row: bool = False) -> dict[str, Any]:
+        """The data shape's metrics (module docstring) over a prepared loader; with ``per_row`` (the
+        test split only), their per-query scores under :data:`~tunelab.row_scores.ROWS_KEY` too."""
         got = column_embeddings(model, loader, accelerator)
         if not got:
             return {}
         fmt = self.format or ("scored" if "score" in got else "labelled" if "label" in got else "pairs")
-        return EVALUATORS[fmt](got, self.cfg.similarity)
+        return EVALUATORS[fmt](got, self.cfg.similarity, per_row=per_row)
 
-    def _split_metrics(self, model: nn.Module, data: ContrastiveData, tokenizer: Any, accelerator, cfg: Any
-                       ) -> dict[str, Any]:
+    def _split_metrics(self, model: nn.Module, data: ContrastiveData, tokenizer: Any, accelerator, cfg: Any,
+                       per_row: bool = False) -> dict[str, Any]:
         split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
         if split is None:
             return {}
         loader = eval_loader(data.rows[split], cfg.train.eval_batch_size, ColumnCollator(tokenizer.pad_token_id),
                              accelerator)
-        return {"split": split, **self.evaluate(model, loader, accelerator)}
+        return {"split": split, **self.evaluate(model, loader, accelerator, per_row=per_row)}
 
     def baseline(self, model: nn.Module, data: ContrastiveData, tokenizer: Any, accelerator, cfg: Any
                  ) -> tuple[dict[str, Any], list] | None:
@@ -368,7 +384,8 @@ class ContrastiveTask:
 
     def test_metrics(self, model: nn.Module, data: ContrastiveData, tokenizer: Any, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list]:
-        return self._split_metrics(model, data, tokenizer, accelerator, cfg), []
+        """The split's metrics with their per-query scores (:mod:`tunelab.row_scores`; not Spearman's)."""
+        return self._split_metrics(model, data, tokenizer, accelerator, cfg, per_row=True), []
 
     # ------------------------------------------------------------------ the run directory
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:

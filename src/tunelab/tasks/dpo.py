@@ -48,6 +48,7 @@ from tunelab.data.preferences import PreferencePair
 from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token
+from tunelab.row_scores import ROWS_KEY, RowScores, hits
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.dpo_losses import LOSSES, REFERENCE_FREE, chosen_nll, preference_loss
@@ -61,6 +62,8 @@ from tunelab.train.step import batch_size_of
 
 PAIR_METRICS = ("loss", "reward_accuracy", "chosen_reward", "rejected_reward", "reward_margin",
                 "logp_chosen", "logp_rejected")
+PAIR_COLUMNS = ("pair_loss", "chosen_reward", "rejected_reward", "logp_chosen", "logp_rejected")
+"""What :func:`pair_outputs` gives per pair (the per-row test scores are made from these)."""
 
 
 class DPOTaskConfig(JudgeOptions):
@@ -134,7 +137,7 @@ def pair_outputs(model: nn.Module, batch: dict[str, torch.Tensor], cfg: DPOTaskC
     nll_weight = 1.0 if cfg.loss == "orpo" else cfg.sft_weight
     if nll_weight:
         loss = loss + nll_weight * chosen_nll(per_token[:n], mask[:n])
-    return {"loss": loss, "chosen_reward": reward_c, "rejected_reward": reward_r,
+    return {"loss": loss, "pair_loss": losses.detach(), "chosen_reward": reward_c, "rejected_reward": reward_r,
             "logp_chosen": logps[:n].detach(), "logp_rejected": logps[n:].detach()}
 
 
@@ -322,20 +325,51 @@ class DPOTask:
     def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> DPOStep:
         return DPOStep(self, cfg, PairCollator(tokenizer.pad_token_id), log)
 
+    def evaluate(self, model: nn.Module, loader, accelerator, per_row: bool = False) -> dict[str, Any]:
+        """The pair metrics over a loader of pairs (mean per pair); with ``per_row`` (the test split
+        only), each pair's numbers under :data:`ROWS_KEY` too (:meth:`pair_rows`)."""
+        return self.pair_pass(model, loader, accelerator, per_row)
+
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
-        """The pair metrics over a loader of pairs (mean per pair)."""
+    def pair_pass(self, model: nn.Module, loader, accelerator, per_row: bool) -> dict[str, Any]:
+        """:meth:`evaluate`: one policy (and reference) pass over the loader."""
         if self.reference is None and self.cfg.loss not in REFERENCE_FREE:
             self.make_reference(accelerator.unwrap_model(model))
         model.eval()
         stats = PairStats()
+        parts: list[torch.Tensor] = []
         for batch in loader:
-            stats.add(pair_outputs(model, batch, self.cfg, self.reference))
+            out = pair_outputs(model, batch, self.cfg, self.reference)
+            stats.add(out)
+            if per_row:
+                columns = [out[k].detach().double() for k in PAIR_COLUMNS]
+                parts.append(accelerator.gather_for_metrics(torch.stack(columns, dim=1)).cpu())
         totals = torch.tensor([stats.sums[k] for k in PAIR_METRICS] + [stats.pairs], dtype=torch.float64,
                               device=accelerator.device)
         totals = accelerator.reduce(totals, reduction="sum")
         pairs = max(float(totals[-1]), 1.0)
-        return {k: float(v) / pairs for k, v in zip(PAIR_METRICS, totals[:-1])} | {"pairs": int(totals[-1])}
+        metrics = {k: float(v) / pairs for k, v in zip(PAIR_METRICS, totals[:-1])} | {"pairs": int(totals[-1])}
+        if not per_row:
+            return metrics
+        rows = self.pair_rows(torch.cat(parts) if parts else torch.zeros(0, len(PAIR_COLUMNS), dtype=torch.float64))
+        if len(rows["reward_margin"]):
+            # The rows' means (float64 over pairs; the sums above add float32 batch means, and across
+            # processes also the rows a shard repeats): so the per-row scores give the reported metric.
+            metrics.update({name: scores.value() for name, scores in rows.items()}, pairs=len(rows["reward_margin"]))
+        return {**metrics, ROWS_KEY: rows}
+
+    def pair_rows(self, table: torch.Tensor) -> dict[str, RowScores]:
+        """Per-pair scores (:mod:`tunelab.row_scores`) from a ``[pairs, PAIR_COLUMNS]`` table; ``loss``
+        only when it is a plain mean over pairs (no NLL term, which is a token mean over each batch)."""
+        col = dict(zip(PAIR_COLUMNS, table.unbind(dim=1)))
+        c, r = col["chosen_reward"], col["rejected_reward"]
+        rows = {"reward_accuracy": hits((c > r).numpy()), "chosen_reward": RowScores(c.numpy()),
+                "rejected_reward": RowScores(r.numpy()), "reward_margin": RowScores((c - r).numpy()),
+                "logp_chosen": RowScores(col["logp_chosen"].numpy()),
+                "logp_rejected": RowScores(col["logp_rejected"].numpy())}
+        if not (self.cfg.loss == "orpo" or self.cfg.sft_weight):
+            rows = {"loss": RowScores(col["pair_loss"].numpy()), **rows}
+        return rows
 
     def baseline(self, model: nn.Module, data: PairData, tokenizer: Any, accelerator, cfg: Any):
         """Before training the policy is the reference, so the pair metrics are known (loss ln 2 for
@@ -353,17 +387,19 @@ class DPOTask:
             return {}, []
         loader = eval_loader(data.rows[split], cfg.train.eval_batch_size, PairCollator(tokenizer.pad_token_id),
                              accelerator)
-        metrics = {"split": split, **self.evaluate(model, loader, accelerator)}
-        judged, samples = self.judged(model, data, tokenizer, cfg, split, self.reference)
-        return {**metrics, **judged}, samples
+        metrics = {"split": split, **self.evaluate(model, loader, accelerator, per_row=True)}
+        judged, samples = self.judged(model, data, tokenizer, cfg, split, self.reference, per_row=True)
+        rows = {**metrics.pop(ROWS_KEY, {}), **judged.pop(ROWS_KEY, {})}  # per pair, then per judged prompt
+        return {**metrics, **judged, **({ROWS_KEY: rows} if rows else {})}, samples
 
     def judged(self, model: nn.Module, data: PairData, tokenizer: Any, cfg: Any, split: str,
-               reference: Reference | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Judged generation on the split's distinct prompts (nothing without ``task.judge``)."""
+               reference: Reference | None, per_row: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Judged generation on the split's distinct prompts (nothing without ``task.judge``); with
+        ``per_row``, each prompt's scores under :data:`ROWS_KEY` too."""
         if self.judge is None or not data.prompt_rows.get(split):
             return {}, []
         metrics, samples = judged_rows(model, tokenizer, data.prompt_rows[split], self.cfg, {"judge": self.judge},
-                                       reference, cfg.train.eval_batch_size)
+                                       reference, cfg.train.eval_batch_size, per_row=per_row)
         return {k: v for k, v in metrics.items() if k != "prompts"} | {"judged_prompts": metrics["prompts"]}, samples
 
     # ------------------------------------------------------------------ the run directory

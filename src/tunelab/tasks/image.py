@@ -45,6 +45,7 @@ from tunelab.data.labels import LabelMap
 from tunelab.data.loaders import eval_loader
 from tunelab.errors import UserError
 from tunelab.models.layers import head_inputs
+from tunelab.row_scores import ROWS_KEY, hits
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import inference_accelerator, predict_logits
 from tunelab.train.step import SupervisedStep
@@ -360,9 +361,11 @@ class ImageClassificationTask:
         if not rows:
             return {}, []
         _, collate = self.collators(cfg, processor, model)
-        metrics = self.evaluate(model, eval_loader(rows, cfg.train.eval_batch_size, collate, accelerator),
-                                accelerator)
+        logits, labels = predict_logits(model, eval_loader(rows, cfg.train.eval_batch_size, collate, accelerator),
+                                        accelerator, forward=logits_fn(model))
+        metrics = image_metrics(logits, labels.astype(int))
         metrics["label_names"] = list(data.labels.names)
+        metrics[ROWS_KEY] = {"accuracy": hits(logits.argmax(-1) == labels.astype(int))}
         return metrics, []
 
     # ------------------------------------------------------------------ the run directory

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from tunelab.tasks.contrastive_losses import similarity_matrix
 
-__all__ = ["retrieval_metrics", "spearman"]
+__all__ = ["retrieval_means", "retrieval_metrics", "retrieval_rows", "spearman"]
 
 
 @torch.no_grad()
@@ -47,6 +47,34 @@ def retrieval_metrics(queries: Tensor, corpus: Tensor, relevant: Sequence[Collec
       ``1..min(|relevant|, k)``;
     * ``queries`` -- the number of queries counted (an ``int``).
     """
+    return retrieval_means(retrieval_rows(queries, corpus, relevant, ks=ks, ndcg_k=ndcg_k, exclude=exclude,
+                                          similarity=similarity, chunk=chunk))
+
+
+def retrieval_means(rows: dict[str, list[float]]) -> dict[str, float]:
+    """:func:`retrieval_metrics` from :func:`retrieval_rows`: each metric's mean, and ``queries``."""
+    counted = len(next(iter(rows.values()), []))
+    out: dict[str, float] = {name: _total(values) / counted if counted else float("nan")
+                             for name, values in rows.items()}
+    out["queries"] = counted
+    return out
+
+
+def _total(values: Sequence[float]) -> float:
+    """Left-to-right float sum (``sum()`` compensates from Python 3.12 on; this keeps one result everywhere)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
+@torch.no_grad()
+def retrieval_rows(queries: Tensor, corpus: Tensor, relevant: Sequence[Collection[int]], *,
+                   ks: Sequence[int] = (1, 5, 10), ndcg_k: int = 10,
+                   exclude: Sequence[int | None] | None = None, similarity: str = "cosine",
+                   chunk: int = 1024) -> dict[str, list[float]]:
+    """The metrics of :func:`retrieval_metrics` query by query: ``recall_at_{k}``, ``mrr`` and
+    ``ndcg_at_{ndcg_k}``, one value per counted query (in query order; skipped queries have none)."""
     if queries.ndim != 2 or corpus.ndim != 2 or queries.shape[1] != corpus.shape[1]:
         raise ValueError(f"expected queries [Q, d] and corpus [D, d]; got {tuple(queries.shape)} "
                          f"and {tuple(corpus.shape)}")
@@ -72,9 +100,9 @@ def retrieval_metrics(queries: Tensor, corpus: Tensor, relevant: Sequence[Collec
             docs.discard(int(exclude[i]))
         rel_sets.append(docs)
 
-    recall_sums = dict.fromkeys(ks, 0.0)
-    mrr_sum = ndcg_sum = 0.0
-    counted = 0
+    recalls: dict[int, list[float]] = {k: [] for k in ks}
+    mrrs: list[float] = []
+    ndcgs: list[float] = []
     positions = torch.arange(n_docs, device=corpus.device)
     for start in range(0, n_queries, chunk):
         stop = min(start + chunk, n_queries)
@@ -101,22 +129,16 @@ def retrieval_metrics(queries: Tensor, corpus: Tensor, relevant: Sequence[Collec
             found = rel_ranks[cursor:cursor + n_rel]
             cursor += n_rel
             for k in ks:
-                recall_sums[k] += sum(rank <= k for rank in found) / n_rel
-            mrr_sum += 1.0 / min(found)
+                recalls[k].append(sum(rank <= k for rank in found) / n_rel)
+            mrrs.append(1.0 / min(found))
             dcg = sum(1.0 / math.log2(rank + 1) for rank in found if rank <= ndcg_k)
             idcg = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(n_rel, ndcg_k) + 1))
-            ndcg_sum += dcg / idcg
-            counted += 1
+            ndcgs.append(dcg / idcg)
 
-    def mean(total: float) -> float:
-        return total / counted if counted else float("nan")
-
-    out: dict[str, float] = {f"recall_at_{k}": mean(recall_sums[k]) for k in ks}
-    out["mrr"] = mean(mrr_sum)
-    out[f"ndcg_at_{ndcg_k}"] = mean(ndcg_sum)
-    out["queries"] = counted
+    out: dict[str, list[float]] = {f"recall_at_{k}": recalls[k] for k in ks}
+    out["mrr"] = mrrs
+    out[f"ndcg_at_{ndcg_k}"] = ndcgs
     return out
-
 
 def spearman(predicted: Sequence[float], gold: Sequence[float]) -> float:
     """Spearman rank correlation of ``predicted`` with ``gold`` (``scipy.stats.spearmanr``).

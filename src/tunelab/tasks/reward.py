@@ -53,6 +53,7 @@ from tunelab.data.preferences import Message, PreferencePair
 from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
+from tunelab.row_scores import ROWS_KEY, RowScores
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
 from tunelab.tasks.preference_data import load_pair_splits
@@ -205,6 +206,29 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Ten
         "chosen_reward_mean": float(chosen.mean()),
         "rejected_reward_mean": float(rejected.mean()),
         "pairs": int(chosen.numel()),
+    }
+
+
+def pair_rows(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None,
+              center: float) -> dict[str, RowScores]:
+    """:func:`pair_metrics` pair by pair (:mod:`tunelab.row_scores`): each one's mean over the pairs is the
+    metric (``reward_mean``: the pair's mean reward; ``loss``: the pair's term of both sums). A pair's
+    accuracy is a 0/1 hit unless some pair ties (a tie counts half)."""
+    chosen, rejected = chosen.double(), rejected.double()
+    diff = chosen - rejected
+    shifted = diff - margin.to(diff) if margin is not None else diff
+    loss = -F.logsigmoid(shifted)
+    if center:
+        loss = loss + center * (chosen + rejected) ** 2
+    ties = diff == 0
+    accuracy = (diff > 0).double() + 0.5 * ties.double()
+    return {
+        "loss": RowScores(loss.numpy()),
+        "pairwise_accuracy": RowScores(accuracy.numpy(), binary=not bool(ties.any())),
+        "mean_margin": RowScores(diff.numpy()),
+        "reward_mean": RowScores(((chosen + rejected) / 2).numpy()),
+        "chosen_reward_mean": RowScores(chosen.numpy()),
+        "rejected_reward_mean": RowScores(rejected.numpy()),
     }
 
 
@@ -388,8 +412,9 @@ class RewardTask:
         return RewardStep(self.cfg.center_rewards, self.cfg.use_margin)
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, Any]:
-        """Loss, pairwise accuracy and reward statistics over a prepared loader of pairs."""
+    def evaluate(self, model: nn.Module, loader, accelerator, per_row: bool = False) -> dict[str, Any]:
+        """Loss, pairwise accuracy and reward statistics over a prepared loader of pairs; with
+        ``per_row`` (the test split only) their per-pair scores under :data:`ROWS_KEY` too."""
         model.eval()
         parts = []
         for batch in loader:
@@ -399,7 +424,11 @@ class RewardTask:
         if not parts:
             return {}
         c, r, m = torch.cat(parts).unbind(dim=1)
-        return pair_metrics(c, r, m if self.cfg.use_margin else None, self.cfg.center_rewards)
+        margin, center = m if self.cfg.use_margin else None, self.cfg.center_rewards
+        metrics: dict[str, Any] = pair_metrics(c, r, margin, center)
+        if per_row:
+            metrics[ROWS_KEY] = pair_rows(c, r, margin, center)
+        return metrics
 
     def baseline(self, *args: Any, **kwargs: Any) -> None:
         """The head starts random, so there is no meaningful before-training score."""
@@ -407,13 +436,14 @@ class RewardTask:
 
     def test_metrics(self, model: nn.Module, data: RewardData, tokenizer: Any, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Metrics on the test split (else validation; {} without either); no samples."""
+        """Metrics on the test split (else validation; {} without either) with their per-pair scores
+        (:mod:`tunelab.row_scores`; not ``reward_std``); no samples."""
         split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
         if split is None:
             return {}, []
         _, collate = self.collators(cfg, tokenizer, model)
         loader = eval_loader(data.rows[split], cfg.train.eval_batch_size, collate, accelerator)
-        return {"split": split, **self.evaluate(model, loader, accelerator)}, []
+        return {"split": split, **self.evaluate(model, loader, accelerator, per_row=True)}, []
 
     # ------------------------------------------------------------------ the run directory
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:

@@ -39,6 +39,7 @@ from tunelab.data.preferences import read_prompts
 from tunelab.data.templates import Template, adds_bos
 from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token
+from tunelab.row_scores import ROWS_KEY, RowScores, hits
 from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.logprobs import forward_logits, token_logps
 from tunelab.tasks.rl_rewards import Scorer, load_scorer
@@ -286,9 +287,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def judged_generation(model: nn.Module, tokenizer: Any, loader, sampling: Sampling, seed: int,
-                      scorers: dict[str, Scorer], reference: Reference | None) -> tuple[dict[str, Any], list[dict]]:
+                      scorers: dict[str, Scorer], reference: Reference | None, per_row: bool = False
+                      ) -> tuple[dict[str, Any], list[dict]]:
     """Sample one response per prompt (seed ``seed + batch index``), score it with every scorer,
-    and measure its KL to the reference; see the module docstring for the metrics."""
+    and measure its KL to the reference; see the module docstring for the metrics. With ``per_row``
+    (test metrics), each prompt's numbers for the means go under :data:`ROWS_KEY` too (medians have
+    none)."""
     policy = _unwrap(model)
     was_training = policy.training
     policy.eval()
@@ -322,18 +326,25 @@ def judged_generation(model: nn.Module, tokenizer: Any, loader, sampling: Sampli
     metrics["response_length"] = statistics.fmean(lengths) if lengths else 0.0
     metrics["ended_fraction"] = statistics.fmean(float(e) for e in ended) if ended else 0.0
     metrics["prompts"] = len(lengths)
+    if per_row and lengths:
+        rows = {f"{name}_mean": RowScores(v) for name, v in values.items() if v}
+        if reference is not None and kls:
+            rows["kl"] = RowScores(kls)
+        rows["response_length"] = RowScores(lengths)
+        rows["ended_fraction"] = hits(ended)
+        metrics[ROWS_KEY] = rows
     return metrics, samples
 
 
 def judged_rows(model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, Any]], opts: JudgeOptions,
-                scorers: dict[str, Scorer], reference: Reference | None, batch_size: int
+                scorers: dict[str, Scorer], reference: Reference | None, batch_size: int, per_row: bool = False
                 ) -> tuple[dict[str, Any], list[dict]]:
     """:func:`judged_generation` over encoded prompt rows (:func:`prompt_row`), in their order."""
     from tunelab.data.loaders import make_loader
 
     loader, _ = make_loader(list(rows), batch_size, PromptBatches(tokenizer.pad_token_id), train=False, seed=0,
                             group_by_length=False)
-    return judged_generation(model, tokenizer, loader, opts.sampling(), opts.eval_seed, scorers, reference)
+    return judged_generation(model, tokenizer, loader, opts.sampling(), opts.eval_seed, scorers, reference, per_row)
 
 
 def prompt_row(prompt: Sequence[Message], tokenizer: Any, template: Template, budget: int, bos: bool | None,
@@ -430,12 +441,12 @@ class RLTask:
         return metrics
 
     def _split_metrics(self, model: nn.Module, data: PromptData, tokenizer: Any, accelerator, cfg: Any,
-                       reference: Reference | None) -> tuple[dict[str, Any], list[dict]]:
+                       reference: Reference | None, per_row: bool = False) -> tuple[dict[str, Any], list[dict]]:
         split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
         if split is None:
             return {}, []
         metrics, samples = judged_rows(model, tokenizer, data.rows[split], self.cfg, self.scorers(judge=True),
-                                       reference, cfg.train.eval_batch_size)
+                                       reference, cfg.train.eval_batch_size, per_row=per_row)
         return {"split": split, **metrics}, samples
 
     def baseline(self, model: nn.Module, data: PromptData, tokenizer: Any, accelerator, cfg: Any):
@@ -449,7 +460,8 @@ class RLTask:
         return metrics, samples
 
     def test_metrics(self, model: nn.Module, data: PromptData, tokenizer: Any, accelerator, cfg: Any):
-        return self._split_metrics(model, data, tokenizer, accelerator, cfg, self.reference)
+        """Judged generation on the test prompts, with each prompt's scores (:mod:`tunelab.row_scores`)."""
+        return self._split_metrics(model, data, tokenizer, accelerator, cfg, self.reference, per_row=True)
 
     # ------------------------------------------------------------------ the run directory
     def save_artifacts(self, folder: Path, model: nn.Module, tokenizer: Any, data: Any, test: dict) -> None:

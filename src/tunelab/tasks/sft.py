@@ -34,6 +34,7 @@ from tunelab.data.templates import IGNORE, Template, adds_bos, tokenize, truncat
 from tunelab.errors import UserError
 from tunelab.models.layers import head_inputs
 from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer, resolve_model
+from tunelab.row_scores import ROWS_KEY, RowScores, hits, split_rows
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
 from tunelab.train.step import SupervisedStep, model_inputs
@@ -163,6 +164,7 @@ class SFTTask:
         prepared.conversations = {"test": prepared.conversations[name]}
         acc = inference_accelerator()
         metrics, samples = self.test_metrics(acc.prepare(loaded.model), prepared, loaded.processor, acc, cfg)
+        metrics = split_rows(metrics)[0]  # printed as JSON: no per-row scores
         metrics["split"] = "eval" if data else split
         return {**metrics, "samples": samples[: self.cfg.log_generations]}
 
@@ -194,21 +196,31 @@ class SFTTask:
 
     def test_metrics(self, model: nn.Module, data: SFTData, tokenizer: Any, accelerator, cfg: Any
                      ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        """Loss/perplexity on the test split (else validation) and generation metrics on a sample."""
+        """Loss/perplexity on the test split (else validation) and generation metrics on a sample,
+        with per-row scores (:mod:`tunelab.row_scores`): each row's summed token loss and token count
+        for ``loss``, each generation's ``rouge_l`` and ``exact_match`` (not corpus BLEU)."""
         split = "test" if data.rows.get("test") else "validation" if data.rows.get("validation") else None
         if split is None:
             return {}, []
         _, collate = self.collators(cfg, tokenizer, model)
-        metrics: dict[str, Any] = {"split": split, **self.evaluate(
-            model, eval_loader(data.rows[split], cfg.train.eval_batch_size, collate, accelerator), accelerator)}
+        loss, rows = self.loss_pass(model, eval_loader(data.rows[split], cfg.train.eval_batch_size, collate,
+                                                       accelerator), accelerator, per_row=True)
+        metrics: dict[str, Any] = {"split": split, **loss}
+        per_row: dict[str, RowScores] = {"loss": rows} if rows is not None and len(rows) else {}
         samples: list[dict[str, str]] = []
         convs = [c for c in data.conversations[split] if not c.is_text][: self.cfg.eval_generate]
         if convs:
             samples = self.generate_samples(accelerator.unwrap_model(model), tokenizer, data.template, convs,
                                             cfg.train.eval_batch_size)  # a DDP wrapper has no generate()
-            from tunelab.tasks.text_metrics import generation_metrics
+            from tunelab.tasks.text_metrics import exact_match, generation_metrics, rouge_l
 
-            metrics.update(generation_metrics([s["generation"] for s in samples], [s["reference"] for s in samples]))
+            generations, references = [s["generation"] for s in samples], [s["reference"] for s in samples]
+            metrics.update(generation_metrics(generations, references))
+            pairs = list(zip(generations, references))
+            per_row["rouge_l"] = RowScores([rouge_l([g], [r]) for g, r in pairs])
+            per_row["exact_match"] = hits([exact_match([g], [r]) == 1.0 for g, r in pairs])
+        if per_row:
+            metrics[ROWS_KEY] = per_row
         return metrics, samples
 
     def generate_samples(self, model: nn.Module, tokenizer: Any, template: Template, convs: list[Conversation],
@@ -293,25 +305,45 @@ class SFTTask:
         return PaddingCollator(tokenizer.pad_token_id)
 
     # ------------------------------------------------------------------ evaluation
-    @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader, accelerator) -> dict[str, float]:
-        """Mean next-token cross-entropy over the labelled tokens, and perplexity.
+        """Mean next-token cross-entropy over the labelled tokens, and perplexity (see :meth:`loss_pass`)."""
+        return self.loss_pass(model, loader, accelerator)[0]
+
+    @torch.inference_mode()
+    def loss_pass(self, model: nn.Module, loader, accelerator, per_row: bool = False
+                  ) -> tuple[dict[str, float], RowScores | None]:
+        """(loss, perplexity and token count; with ``per_row``, each row's summed loss and token count
+        as a ``ratio`` :class:`RowScores`).
 
         Rows go through the model in chunks of at most :data:`LOGITS_BUDGET` logits, so a large
         ``train.eval_batch_size`` never materialises batch x length x vocabulary floats at once.
+        With ``per_row`` the rows are gathered across processes (``gather_for_metrics``, which drops
+        the rows a process repeats to even out the shards) and the loss is theirs: the float64 sum
+        of the rows' sums over the sum of their counts.
         """
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        parts: list[torch.Tensor] = []
         vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
         for batch in loader:
             batch = {k: v for k, v in batch.items() if k != "num_tokens"}
             rows = max(1, LOGITS_BUDGET // (batch["input_ids"].shape[1] * vocab))
-            for start in range(0, batch["input_ids"].shape[0], rows):
-                chunk = {k: v[start:start + rows] for k, v in batch.items()}
-                totals += token_loss_sum(model, chunk)
-        totals = accelerator.reduce(totals, reduction="sum")
+            chunks = [{k: v[start:start + rows] for k, v in batch.items()}
+                      for start in range(0, batch["input_ids"].shape[0], rows)]
+            if per_row:  # one gather per loader batch: gather_for_metrics trims the last batch's repeats
+                parts.append(accelerator.gather_for_metrics(torch.cat([token_loss_rows(model, c) for c in chunks])))
+            else:
+                for chunk in chunks:
+                    totals += token_loss_sum(model, chunk)
+        scores = None
+        if per_row:
+            table = torch.cat(parts).double().cpu() if parts else torch.zeros(0, 2, dtype=torch.float64)
+            scores = RowScores(table[:, 0].numpy(), "ratio", table[:, 1].numpy())
+            totals = table.sum(0)
+        else:
+            totals = accelerator.reduce(totals, reduction="sum")
         mean = (totals[0] / totals[1].clamp(min=1)).item()
-        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": int(totals[1].item())}
+        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": int(totals[1].item())}, scores
 
 
 LOGITS_BUDGET = 1 << 25
@@ -326,6 +358,16 @@ def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
     return torch.stack([loss.double(), (target != IGNORE).sum().double()])
+
+
+def token_loss_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`token_loss_sum` row by row: ``[B, 2]`` (each row's summed loss, its labelled tokens), float64."""
+    labels = batch.pop("labels")
+    logits = model(**batch).logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=IGNORE, reduction="none").view_as(target)
+    return torch.stack([loss.double().sum(-1), (target != IGNORE).sum(-1).double()], dim=-1)
 
 
 class PaddingCollator:

@@ -47,6 +47,8 @@ class FitResult:
     stopped_early: bool = False
     last_eval: dict[str, Any] = field(default_factory=dict)
     train_tokens: int = 0
+    time_budget_reached: bool = False
+    """Training stopped at ``train.max_seconds`` before its last step."""
 
     @property
     def samples_per_second(self) -> float:
@@ -181,6 +183,7 @@ class Trainer:
         self.last_eval: dict[str, Any] = {}
         self.last_eval_step: int | None = None
         self.early_stopped = False
+        self.time_budget_reached = False
         self._due: str | None = None
         # disable=None: a live bar on a terminal, none in logs (eval lines still print).
         bar = tqdm(total=self.total_steps, initial=st.global_step,
@@ -200,7 +203,8 @@ class Trainer:
         bar.close()
         epochs_done = st.epoch + (1 if st.batches_in_epoch >= self.batches.batches_per_epoch() else 0)
         return FitResult(st.global_step, epochs_done, st.train_seconds, st.train_samples,
-                         st.best_metric, st.best_step, self.early_stopped, self.last_eval, st.train_tokens)
+                         st.best_metric, st.best_step, self.early_stopped, self.last_eval, st.train_tokens,
+                         self.time_budget_reached)
 
     def _evaluating(self) -> bool:
         return self.eval_loader is not None and self.cfg.eval_strategy != "no"
@@ -292,7 +296,9 @@ class Trainer:
             self._due = "eval"
         elif cfg.save_steps and st.global_step % cfg.save_steps == 0 and self._due is None:
             self._due = "save"
-        return st.global_step >= self.total_steps
+        if cfg.max_seconds is not None and st.train_seconds >= cfg.max_seconds and st.global_step < self.total_steps:
+            self.time_budget_reached = True
+        return st.global_step >= self.total_steps or self.time_budget_reached
 
     def _flush_due(self, st: LoopState) -> bool:
         """Run the evaluation or checkpoint that fell due; return True when early stopping says stop."""
