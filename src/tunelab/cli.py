@@ -33,10 +33,30 @@ def _quiet_libraries() -> None:
 
 # ---------------------------------------------------------------------------- verbs
 
+PARENT_ENV = "TUNELAB_PARENT_PID"
+"""Set by ``tunelab compare`` for its training processes: they end when the comparison does."""
+
+
+def die_with_parent() -> None:
+    """A training process started by ``tunelab compare`` is killed with it (Linux ``PR_SET_PDEATHSIG``),
+    so a comparison killed with ``kill -9`` leaves no orphan writing into its folder."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if str(os.getppid()) != parent:  # the comparison died before the call above took effect
+        os._exit(137)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tunelab import pipeline
     from tunelab.config import build_config
 
+    die_with_parent()
     config_path, overrides = _split_config_args(args.args)
     if args.resume:
         if config_path or overrides:

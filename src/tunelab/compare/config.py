@@ -292,9 +292,9 @@ def plan_runs(cfg: CompareConfig, out_dir: str | Path) -> list[PlannedRun]:
     seeds = cfg.seeds or [None]
     sizes = cfg.data_sizes or [None]
     runs = []
-    for label, spec, flat in zip(labels, cfg.runs, sets):
-        for size in sizes:
-            for seed in seeds:
+    for size in sizes:  # smallest size first, every method once per seed: early results are comparable
+        for seed in seeds:
+            for label, spec, flat in zip(labels, cfg.runs, sets):
                 name = label + ("" if seed is None else f"-seed{seed}") + ("" if size is None else f"-n{size}")
                 data = merged_config(cfg.base, spec, {**flat, **grid_overrides(cfg, seed, size)})
                 runs.append(PlannedRun(name, _validate_run(name, data, Path(out_dir)), label, seed, size))

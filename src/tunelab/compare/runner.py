@@ -265,7 +265,7 @@ def execute(run: PlannedRun, root: Path, head: str, *, metric: str | None, in_sc
 
 def run_logged(cmd: list[str], log: Path, *, append: bool, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run ``cmd`` with stdout and stderr (unbuffered, in order) going to ``log``; return (exit code, output)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNELAB_PARENT_PID": str(os.getpid()), **(env or {})}
     with log.open("ab" if append else "wb") as f:
         f.write(f"$ {shlex.join(cmd)}\n".encode())
         f.flush()

@@ -324,7 +324,8 @@ class SFTTask:
         model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         parts: list[torch.Tensor] = []
-        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None else 1
+        head = accelerator.unwrap_model(model).get_output_embeddings()  # a DDP wrapper has no such method
+        vocab = head.weight.shape[0] if head is not None else 1
         for batch in loader:
             batch = {k: v for k, v in batch.items() if k != "num_tokens"}
             rows = max(1, LOGITS_BUDGET // (batch["input_ids"].shape[1] * vocab))
