@@ -12,18 +12,30 @@ A compare file::
       - method: {name: lora, r: 16}  # ... or a mapping: method options, more methods, per-run overrides
         set: {train.lr: 5.0e-4}
       - {label: lora-bitfit, method: lora, extra_methods: [bitfit]}
-    budget: params                   # rank by params, memory or time
+    budget: params                   # rank by params, memory, time, artifact or latency
     metric: accuracy                 # default by task
     tolerance: 0.01
+    seeds: [1, 2, 3]                 # optional: every run once per seed (mean, std, intervals, tests)
+    data_sizes: [200, 800, all]      # optional: nested training subsets (learning curves)
+    budget_seconds: 120              # optional: equal wall-clock training time per run
+    max_memory_mb: 4000              # optional hard limits: runs over them are never recommended
+    max_params: 1000000
 
 :func:`load_compare` reads and checks the file; :func:`plan_runs` names every run, merges ``base`` with the
 run's method and overrides, and validates each run config exactly as ``tunelab train`` does (plus the
 method-composition and task x method checks that training would only make after loading). Every mistake is
 one :class:`~tunelab.errors.UserError` line before anything runs or is written.
 
-Same budget, same data: a run may not override ``seed``, ``train.epochs`` or ``train.max_steps`` (the
-budget), ``task.*`` (the task), ``model.*`` or the keys that choose the data and its test split; they come
-from ``base``, so every run trains as long, on the same rows, and is scored on the same test split.
+The grid: with ``seeds`` and/or ``data_sizes``, each ``runs`` entry (a *group*) becomes one run per seed and
+size, labelled ``<label>-seed<s>-n<size>`` and ordered size by size (smallest first), seed by seed, so the
+first finished runs already compare every method. ``seeds`` sets each run's ``seed``, ``data_sizes`` its
+``data.max_train_samples`` (the first N rows of the shuffled training split: nested subsets) and
+``budget_seconds`` its ``train.max_seconds``; ``base`` may not set those keys too.
+
+Same budget, same data: a run may not override ``seed``, ``train.epochs``, ``train.max_steps`` or
+``train.max_seconds`` (the budget), ``task.*`` (the task), ``model.*`` or the keys that choose the data and
+its test split; they come from ``base``, so every run trains as long, on the same rows, and is scored on
+the same test split.
 """
 
 from __future__ import annotations

@@ -23,6 +23,14 @@ Writing: :func:`write_reports` writes ``comparison.md``, ``comparison.csv``, ``c
 resource; its one tiny script only records how many images loaded). :func:`rich_table` is the terminal
 table. Plots draw on a matplotlib ``Figure`` directly (Agg rendering, no pyplot or global backend state).
 
+Statistics (:mod:`tunelab.compare.study`, :mod:`tunelab.compare.stats`): :func:`analyse` averages each
+method's seeds at the largest data size into one summary with an interval, marks runs over the hard limits,
+tests every method against the best on the same test rows (ties and significant gaps are stated), and reads
+the learning curves over the data sizes (the pick per size and where it changes). The tables, plots and
+recommendation are of those per-method summaries; ``comparison.json`` adds the tests, the per-size answers
+and (for a grid of seeds or sizes) every run, which ``runs.csv`` also lists. Two more plots: ``intervals``
+(when a method has an interval) and ``learning_curves`` (when sizes were swept).
+
 This module is the entry point: it writes every file and re-exports what the runner, the CLI and
 the tests use from the modules above.
 """
@@ -82,7 +90,8 @@ from tunelab.compare.tables import (
 
 __all__ = [
     "CHEAPEST", "COSTS", "CSV_FIELDS", "DEFAULT_TOLERANCE", "PLOTS", "STAR",
-    "Analysis", "RunSummary", "Settings", "analyse", "best_run", "check_budget", "check_comparable", "choose", "comparison_record", "default_metric",
+    "Analysis", "RunSummary", "Settings", "analyse",
+    "best_run", "check_budget", "check_comparable", "choose", "comparison_record", "default_metric",
     "full_run", "greater_is_better", "markdown_table", "pareto_front", "ranked", "recommend", "render_html",
     "render_markdown", "rich_table", "summarize_run", "table_rows", "trade_off", "within", "write_csv",
     "write_reports",
@@ -141,9 +150,12 @@ def _rows_of(methods: Sequence[RunSummary]) -> int:
     return next((m.train_rows for m in methods if m.train_rows), 0) or 0
 
 
-def learning_curves(summaries: Sequence[RunSummary], settings: Settings) -> dict[str, list[tuple[int, float, float, float]]]:
+Curves = dict[str, list[tuple[int, float, float, float]]]
+
+
+def learning_curves(summaries: Sequence[RunSummary], settings: Settings) -> Curves:
     """``method -> [(training rows, mean, interval low, interval high), ...]`` over the swept sizes."""
-    out: dict[str, list[tuple[int, float, float, float]]] = {}
+    out: Curves = {}
     for size in sizes(summaries):
         for m in methods_at(at_size(summaries, size), settings):
             if m.ok and m.value is not None and m.train_rows:

@@ -259,7 +259,8 @@ def execute(run: PlannedRun, root: Path, head: str, *, metric: str | None, in_sc
         _say(out, f"{lead}failed after {took}: {summary.error}")
         return summary
     summary = summarize_run(run.label, path, metric)
-    _say(out, f"{lead}done in {took}, {_score(summary)}" if summary.ok else f"{lead}failed after {took}: {summary.error}")
+    _say(out, f"{lead}done in {took}, {_score(summary)}" if summary.ok
+         else f"{lead}failed after {took}: {summary.error}")
     return summary
 
 

@@ -21,8 +21,16 @@ import numpy as np
 
 from tunelab.compare.formatting import fmt_value
 from tunelab.compare.ranking import best_run, choose, goodness, scored_runs
-from tunelab.compare.stats import Interval, Test, average_rows, bootstrap_interval, mcnemar, paired_bootstrap, \
-    seed_interval, welch
+from tunelab.compare.stats import (
+    Interval,
+    Test,
+    average_rows,
+    bootstrap_interval,
+    mcnemar,
+    paired_bootstrap,
+    seed_interval,
+    welch,
+)
 from tunelab.compare.summary import RunSummary, number
 
 
