@@ -182,3 +182,12 @@ def test_planned_grid_labels(tiny_bert_dir, reviews_jsonl, tmp_path):
     assert [r.train_rows for r in plan] == [32, 32, 192, 192]
     assert [r.config.data.max_train_samples for r in plan] == [32, 32, None, None]
     assert {r.group for r in plan} == {"lora"}
+
+
+def test_the_study_file_plans_11_methods_x_3_seeds_x_3_sizes(tmp_path):
+    cfg = load_compare(REPO / "examples" / "compare-study.yaml")
+    plan = plan_runs(cfg, tmp_path / "study")
+    assert len(plan) == 99 and len({r.group for r in plan}) == 11
+    assert {r.config.train.max_steps for r in plan} == {122}  # the equal step budget
+    assert sorted({r.train_rows for r in plan}) == [200, 800, 3892]
+    assert [r.label for r in plan[:2]] == ["full-seed1-n200", "freeze-seed1-n200"]  # every method, then the next seed
