@@ -1,5 +1,5 @@
-"""The ``tunelab`` command: train, compare, eval, predict, score, embed, generate, chat, export, import-peft,
-methods.
+"""The ``tunelab`` command: train, compare, eval, predict, score, embed, generate, chat, serve, export, plot,
+import-peft, methods.
 
 User mistakes print one line and exit with code 2 (``--debug`` shows the traceback). The last line
 ``train`` prints is the run directory; the last line ``compare`` prints is the comparison folder.
@@ -444,6 +444,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from tunelab.plotting import plot_run
+
+    print(plot_run(args.run, args.out))
+    return 0
+
+
 def cmd_import_peft(args: argparse.Namespace) -> int:
     from tunelab.interop import from_peft
 
@@ -569,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="draw a run's loss, learning-rate and metric curves (metrics.jsonl) to a PNG")
+    p.add_argument("run")
+    p.add_argument("--out", help="PNG file to write (default: RUN/plots/curves.png)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("import-peft",
                        help="turn a peft LoRA/DoRA/IA3/prompt/prefix tuning adapter folder into a tunelab run")

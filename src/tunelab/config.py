@@ -141,6 +141,19 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% more time)."
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "aim", "clearml", "comet_ml", "dvclive", "swanlab",
+                            "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers (accelerate's) that mirror every metrics.jsonl "
+                                          "event, with the config as hyper-parameters; they write under "
+                                          "<run>/tracking (MLflow: a local file store; wandb: offline mode).")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        """``report_to: tensorboard`` means ``[tensorboard]``; ``none`` (or null) means no tracker."""
+        if value is None or value in ("none", "None"):
+            return []
+        return [value] if isinstance(value, str) else value
 
     @field_validator("eval_strategy", "mixed_precision", mode="before")
     @classmethod

@@ -29,6 +29,7 @@ from tunelab.row_scores import FILE as ROW_SCORES_FILE
 from tunelab.row_scores import split_rows, write_row_scores
 from tunelab.run import RunDir, write_model_card
 from tunelab.tasks import Task, get_task
+from tunelab.train import tracking
 from tunelab.train.checkpoint import finalize, latest_checkpoint, load_trainable
 from tunelab.train.engine import Trainer
 
@@ -81,7 +82,13 @@ def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
     mp = cfg.train.mixed_precision if torch.cuda.is_available() else "no"
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp)
+    trackers = cfg.train.report_to
+    if not trackers:
+        return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp)
+    tracking.check_trackers(trackers)
+    # the folder is the run's, known once the run is opened (tracking.start moves it there)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp, log_with=list(trackers),
+                       project_dir=cfg.output_dir)
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -120,6 +127,10 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     run = open_run(Path(resume) if resume else Path(cfg.output_dir) / name[0], cfg, accelerator,
                    overwrite=overwrite, resume=bool(resume))
     log = run.log if accelerator.is_main_process else (lambda event: None)
+    if cfg.train.report_to:
+        tracking.offline_defaults(cfg.train.report_to, run.path)
+        mirror = tracking.start(accelerator, cfg.train.report_to, run.path, run.path.name, to_yaml_dict(cfg))
+        log = mirrored(log, mirror)
     train_collate, eval_collate = task.collators(cfg, processor, model)
     if not resume:
         model.to(accelerator.device)  # the baseline runs before the trainer places the model
@@ -165,8 +176,19 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
             run.write_jsonl(run.path / "generations.jsonl", samples)
         run.write_json(run.results, results)
         write_model_card(run, to_yaml_dict(cfg), results)
+    if cfg.train.report_to:
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     return run.path
+
+
+def mirrored(log, mirror):
+    """``log(event)`` that also sends the event to the experiment trackers."""
+    def both(event: dict[str, Any]) -> None:
+        log(event)
+        mirror(event)
+
+    return both
 
 
 def log_test(log, split: str, step: int, metrics: dict[str, Any], samples: list[dict], cfg: RunConfig) -> None:
