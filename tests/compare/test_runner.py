@@ -241,3 +241,18 @@ def test_rl_compare_ranks_by_the_held_out_judge(tiny_llama_dir, tmp_path):
     record = _record(tmp_path / "out" / "tiny")
     assert record["task"] == "grpo" and record["metric"] == "judge_mean"
     assert [(r["label"], r["status"]) for r in record["runs"]] == [("lora", "ok"), ("ia3", "ok")]
+
+
+def test_a_run_saved_before_a_config_key_existed_is_not_a_changed_config(tmp_path):
+    """A config.yaml written by an older tunelab lacks keys added since; their defaults are no change."""
+    import yaml as _yaml
+
+    from tunelab.compare.runner import with_defaults
+    from tunelab.config import to_yaml_dict, validate_config
+
+    today = to_yaml_dict(validate_config({"model": {"name_or_path": "minilm"}}))
+    older = _yaml.safe_load(_yaml.safe_dump(today))
+    del older["train"]["report_to"], older["train"]["max_seconds"]
+    assert config_difference(with_defaults(older), today) is None
+    older["train"]["lr"] = 0.5
+    assert config_difference(with_defaults(older), today) == f"train.lr: 0.5 -> {today['train']['lr']}"

@@ -79,7 +79,8 @@ def test_report_to_accepts_one_name_and_refuses_unknown_ones():
 
 
 def test_unknown_or_missing_tracker_is_one_line(tiny_bert_dir, reviews_jsonl, tmp_path):
-    proc = run_cli("train", *tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path, **{"train.report_to": "tensorbord"}))
+    bad = {"train.report_to": "tensorbord"}
+    proc = run_cli("train", *tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path, **bad))
     assert proc.returncode == 2
     one_error_line(proc.stderr, "train.report_to")
     proc = run_cli("train", *tiny_overrides(tiny_bert_dir, reviews_jsonl, tmp_path, **{"train.report_to": "aim"}))

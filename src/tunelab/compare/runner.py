@@ -197,13 +197,24 @@ def config_difference(saved: dict[str, Any], wanted: dict[str, Any], prefix: str
     return None
 
 
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with the defaults of keys added since it was written (as it reads today);
+    unchanged when it no longer validates (then the raw difference is reported)."""
+    from tunelab.config import to_yaml_dict, validate_config
+
+    try:
+        return yaml.safe_load(yaml.safe_dump(to_yaml_dict(validate_config(saved)), sort_keys=False))
+    except UserError:
+        return saved
+
+
 def check_existing(plan: list[PlannedRun], root: Path, redo: set[str]) -> None:
     """Refuse to skip or resume a run whose folder was made from another config (runs in ``redo`` start over)."""
     for run in plan:
         path = run_dir(root, run.label)
         if run.label in redo or run_state(path) not in (FINISHED, INTERRUPTED) or not (path / "config.yaml").is_file():
             continue
-        saved = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        saved = with_defaults(yaml.safe_load((path / "config.yaml").read_text()) or {})
         wanted = yaml.safe_load(yaml.safe_dump(run.data, sort_keys=False))  # as the run directory stores it
         diff = config_difference(saved, wanted)
         if diff:
