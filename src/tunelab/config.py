@@ -19,6 +19,7 @@ from tunelab.errors import UserError, did_you_mean
 from tunelab.methods import METHODS, AnyMethodConfig
 from tunelab.methods.lora import LoRAConfig
 from tunelab.tasks import DEFAULT_TASK, TASK_CONFIGS, AnyTaskConfig
+from tunelab.train.tracking import TRACKERS
 
 
 class _Section(BaseModel):
@@ -141,8 +142,7 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% more time)."
     )
-    report_to: list[Literal["tensorboard", "mlflow", "wandb", "aim", "clearml", "comet_ml", "dvclive", "swanlab",
-                            "trackio"]] = Field(
+    report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Experiment trackers (accelerate's) that mirror every metrics.jsonl "
                                           "event, with the config as hyper-parameters; they write under "
                                           "<run>/tracking (MLflow: a local file store; wandb: offline mode).")
