@@ -169,9 +169,10 @@ def _seed_pairs(a: RunSummary, b: RunSummary) -> list[tuple[RunSummary, RunSumma
     return list(zip(xs, ys))
 
 
-def significance(methods: Sequence[RunSummary], settings: Settings) -> dict[str, Verdict]:
-    """Every scored method against the best one (by mean), keyed by label."""
-    best = best_run(methods)
+def significance(methods: Sequence[RunSummary], settings: Settings, best: RunSummary | None = None
+                 ) -> dict[str, Verdict]:
+    """Every scored method against ``best`` (default: the best by mean), keyed by label."""
+    best = best or best_run(methods)
     if best is None:
         return {}
     out = {}
@@ -193,7 +194,7 @@ def statistics_lines(methods: Sequence[RunSummary], settings: Settings, budget: 
     best = best_run(eligible(methods)) or best_run(methods)
     if best is None:
         return []
-    verdicts = significance(methods, settings)
+    verdicts = significance(methods, settings, best)
     lines = []
     iv = interval_of(best)
     if iv is not None:
