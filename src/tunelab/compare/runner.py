@@ -1,4 +1,5 @@
-"""``tunelab compare CONFIG``: train every run of a compare file, one after another, then report.
+"""``tunelab compare CONFIG``: train every run of a compare file (one after another, or ``--jobs N`` at
+once, one device each), then report.
 
 Layout of ``<output_dir>/<name>/``: ``compare.yaml`` (the compare file as read), ``configs/<label>.yaml``
 (each run's full config), ``runs/<label>/`` (ordinary run directories), ``logs/<label>.log`` (each run's
@@ -9,7 +10,9 @@ only that run: a nonzero exit is recorded as a failed run with the error it prin
 goes on. Rerunning is cheap: a finished run (``results.json``) is skipped, an interrupted one continues
 from its latest checkpoint (``tunelab train --resume``), one that stopped before its first checkpoint
 starts over. A run whose directory was made from a different config is refused before anything runs
-(``--overwrite`` redoes runs; ``--only LABEL ...`` limits which runs are run or redone).
+(``--overwrite`` redoes runs; ``--only LABEL ...`` limits which runs are run or redone). Each training
+process gets ``TUNELAB_PARENT_PID`` and dies with the comparison, so a ``kill -9`` leaves no orphan
+writing into a run folder.
 """
 
 from __future__ import annotations
