@@ -37,6 +37,7 @@ from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer,
 from tunelab.row_scores import ROWS_KEY, RowScores, hits, split_rows
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
+from tunelab.tasks.lm_loss import LabelledLogitsStep
 from tunelab.train.step import SupervisedStep, model_inputs
 
 
@@ -121,8 +122,10 @@ class SFTTask:
                             "one example per row (a 2-D attention mask); set task.packing=false")
 
     def train_step(self, cfg: Any, model: nn.Module, tokenizer: Any, log=print) -> SupervisedStep:
-        """The default step: the causal LM's own next-token loss over the labelled tokens."""
-        return SupervisedStep(length_key="input_ids", mask_key="attention_mask")
+        """The causal LM's next-token loss over the labelled tokens, with the LM head run only at those
+        positions and the cross-entropy in chunks (:mod:`tunelab.tasks.lm_loss`: the same loss as the
+        model's own, without the full [tokens x vocabulary] logits)."""
+        return LabelledLogitsStep(length_key="input_ids", mask_key="attention_mask")
 
     def distill_outputs(self, model: nn.Module, batch: dict[str, Any], features: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
