@@ -162,3 +162,25 @@ def one_error_line(err: str, fragment: str) -> None:
 def results(run: Path) -> dict:
     """A finished run's results.json."""
     return json.loads((run / "results.json").read_text())
+
+
+def write_instruct_jsonl(path: Path, rows: int) -> Path:
+    """``rows`` real WordNet instruction rows (alpaca format: instruction, input, output) as jsonl."""
+    from tunelab.data.wordnet import build_instruct_rows
+
+    picked = build_instruct_rows(seed=0, max_words=60)[:rows]
+    path.write_text("".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")}) + "\n" for r in picked))
+    return path
+
+
+def perturb_trainable(model, seed: int, scale: float):
+    """Add seeded noise (``scale`` x N(0, 1)) to every trainable parameter: 'trained' values for tests."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=gen) * scale)
+    return model
+

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.conftest import perturb_trainable
 from tunelab.adapters import AdapterSet
 from tunelab.errors import UserError
 from tunelab.methods import apply_methods
@@ -39,12 +40,7 @@ def trained(methods, seed: int) -> dict[str, torch.Tensor]:
     """Random 'trained' values of ``methods`` on the tiny base, as a run's weights."""
     model = tiny_llama()
     apply_methods(model, methods)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters()):
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.3)
-    return trainable_state(model)
+    return trainable_state(perturb_trainable(model, seed, 0.3))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, perturb_trainable, tiny_overrides
 from tunelab.adapters import SUPPORTED_METHODS, AdapterSet
 from tunelab.cli import main
 from tunelab.errors import UserError
@@ -53,12 +53,7 @@ def trained_alone(methods: list[MethodConfig], seed: int) -> nn.Module:
     """The tiny base with ``methods`` applied on its own and random 'trained' values (eval mode)."""
     model = build_bert()
     apply_methods(model, methods)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters()):
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model.eval()
+    return perturb_trainable(model, seed, 0.2).eval()
 
 
 @pytest.fixture

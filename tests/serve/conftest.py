@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_instruct_jsonl
 from tunelab.cli import main
 
 
@@ -45,12 +45,7 @@ def live_server(app) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def words_jsonl(tmp_path_factory) -> Path:
     """48 real WordNet instruction rows (alpaca format)."""
-    from tunelab.data.wordnet import build_instruct_rows
-
-    rows = build_instruct_rows(seed=0, max_words=60)[:48]
-    path = tmp_path_factory.mktemp("serve-data") / "words.jsonl"
-    path.write_text("".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")}) + "\n" for r in rows))
-    return path
+    return write_instruct_jsonl(tmp_path_factory.mktemp("serve-data") / "words.jsonl", 48)
 
 
 def sft_run(model: Path, data: Path, out: Path, name: str, **extra: object) -> Path:

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LLAMA_METHODS, run_cli
+from tests.conftest import LLAMA_METHODS, run_cli, write_instruct_jsonl
 from tunelab.cli import main
 
 
 @pytest.fixture(scope="module")
 def alpaca_jsonl(tmp_path_factory) -> Path:
     """80 real WordNet instruction rows (alpaca format) as a jsonl file."""
-    from tunelab.data.wordnet import build_instruct_rows
-
-    rows = build_instruct_rows(seed=0, max_words=60)[:80]
-    path = tmp_path_factory.mktemp("sft-data") / "words.jsonl"
-    path.write_text("".join(json.dumps({k: r[k] for k in ("instruction", "input", "output")}) + "\n" for r in rows))
-    return path
+    return write_instruct_jsonl(tmp_path_factory.mktemp("sft-data") / "words.jsonl", 80)
 
 
 def sft_args(model: Path, data: Path, out: Path, name: str, **extra: object) -> list[str]:
