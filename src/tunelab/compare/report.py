@@ -59,14 +59,13 @@ from tunelab.compare.ranking import (
     within,
 )
 from tunelab.compare.study import (
+    BySize,
     Settings,
     answers_by_size,
-    at_size,
     data_size_lines,
     mark_limits,
-    methods_at,
+    methods_by_size,
     significance,
-    sizes,
     statistics_lines,
 )
 from tunelab.compare.summary import (
@@ -119,17 +118,17 @@ def analyse(summaries: Sequence[RunSummary], budget: str = "params", tolerance: 
     check_budget(budget)
     check_comparable(summaries)
     mark_limits(summaries, settings)
-    found = sizes(summaries)
+    per_size = methods_by_size(summaries, settings)
+    found = list(per_size)
     headline = found[-1]
-    methods = methods_at(at_size(summaries, headline), settings)
-    mark_limits(methods, settings)
+    methods = per_size[headline]
     check_comparable(methods)
     base = recommend(methods, budget, tolerance)
     where = f"At {_rows_of(methods):,} training rows: " if headline is not None else ""
     stats = statistics_lines(methods, settings, budget, tolerance, where)
-    by_size = data_size_lines(summaries, settings, budget, tolerance)
     verdicts = significance(methods, settings, best_run([m for m in methods if not m.violations]) or None)
-    answers = answers_by_size(summaries, settings, budget, tolerance)
+    answers = answers_by_size(per_size, settings, budget, tolerance)
+    by_size = data_size_lines(per_size, answers)
     grid = len(found) > 1 or any(s.seed is not None for s in summaries)
     record = {
         "level": settings.level, "resamples": settings.resamples,
@@ -141,7 +140,7 @@ def analyse(summaries: Sequence[RunSummary], budget: str = "params", tolerance: 
     }
     if grid:
         record["all_runs"] = [s.to_dict() for s in summaries]
-    curves = learning_curves(summaries, settings) if len(found) > 1 else {}
+    curves = learning_curves(per_size) if len(found) > 1 else {}
     why = explain(methods, budget, tolerance, settings)
     return Analysis(methods, "\n".join([base, *stats, *by_size]), why, record, curves, grid)
 
@@ -153,11 +152,11 @@ def _rows_of(methods: Sequence[RunSummary]) -> int:
 Curves = dict[str, list[tuple[int, float, float, float]]]
 
 
-def learning_curves(summaries: Sequence[RunSummary], settings: Settings) -> Curves:
+def learning_curves(per_size: BySize) -> Curves:
     """``method -> [(training rows, mean, interval low, interval high), ...]`` over the swept sizes."""
     out: Curves = {}
-    for size in sizes(summaries):
-        for m in methods_at(at_size(summaries, size), settings):
+    for found in per_size.values():
+        for m in found:
             if m.ok and m.value is not None and m.train_rows:
                 iv = m.interval or {"low": m.value, "high": m.value}
                 out.setdefault(m.group, []).append((m.train_rows, m.value, iv["low"], iv["high"]))

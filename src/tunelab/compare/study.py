@@ -243,14 +243,26 @@ class SizeAnswer:
     """Methods not distinguishable from the best at this size."""
 
 
-def answers_by_size(summaries: Sequence[RunSummary], settings: Settings, budget: str,
-                    tolerance: float) -> list[SizeAnswer]:
+BySize = dict[int | str | None, list[RunSummary]]
+"""Per data size (smallest first), one summary per method (:func:`methods_at`)."""
+
+
+def methods_by_size(summaries: Sequence[RunSummary], settings: Settings) -> BySize:
+    """:func:`methods_at` of every data size, computed once (intervals and limits included)."""
+    out = {}
+    for size in sizes(summaries):
+        out[size] = methods_at(at_size(summaries, size), settings)
+        mark_limits(out[size], settings)
+    return out
+
+
+def answers_by_size(by_size: BySize, settings: Settings, budget: str, tolerance: float) -> list[SizeAnswer]:
     """Best, pick and ties at every swept size (sizes with no scored method are left out)."""
     out = []
-    for size in sizes(summaries):
+    for size, found in by_size.items():
         if size is None:
             continue
-        methods = [m for m in methods_at(at_size(summaries, size), settings) if m.ok]
+        methods = [m for m in found if m.ok]
         pool = eligible(methods)
         best = best_run(pool)
         if best is None:
@@ -269,19 +281,18 @@ def crossover(x0: float, d0: float, x1: float, d1: float) -> float:
     return math.exp(math.log(x0) + t * (math.log(x1) - math.log(x0)))
 
 
-def curve(summaries: Sequence[RunSummary], group: str, settings: Settings) -> dict[int, float]:
-    """A method's mean metric by training rows."""
+def curve(by_size: BySize, group: str) -> dict[int, float]:
+    """A method's mean metric (signed: larger is better) by training rows."""
     out = {}
-    for size in sizes(summaries):
-        for m in methods_at(at_size(summaries, size), settings):
+    for found in by_size.values():
+        for m in found:
             if m.ok and m.group == group and m.train_rows and m.value is not None:
                 out[m.train_rows] = goodness(m)
     return out
 
 
-def data_size_lines(summaries: Sequence[RunSummary], settings: Settings, budget: str, tolerance: float) -> list[str]:
+def data_size_lines(by_size: BySize, answers: Sequence[SizeAnswer]) -> list[str]:
     """Per size: the pick, the best and its ties; then where the pick changes, with the crossover."""
-    answers = answers_by_size(summaries, settings, budget, tolerance)
     if len(answers) < 2:
         return []
     lines = []
@@ -293,7 +304,7 @@ def data_size_lines(summaries: Sequence[RunSummary], settings: Settings, budget:
     for a, b in zip(answers, answers[1:]):
         if a.pick.group == b.pick.group:
             continue
-        ca, cb = curve(summaries, a.pick.group, settings), curve(summaries, b.pick.group, settings)
+        ca, cb = curve(by_size, a.pick.group), curve(by_size, b.pick.group)
         d0 = number(ca.get(a.rows, math.nan) - cb.get(a.rows, math.nan))
         d1 = number(ca.get(b.rows, math.nan) - cb.get(b.rows, math.nan))
         if d0 is not None and d1 is not None and d0 > 0 > d1:
