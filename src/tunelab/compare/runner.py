@@ -105,6 +105,8 @@ def job_devices(jobs: int) -> list[str]:
     """One device per job: CUDA device numbers, or ``cpu`` for every job on a machine without them."""
     if jobs < 1:
         raise UserError(f"--jobs must be 1 or more (got {jobs})")
+    if jobs == 1:
+        return ["cpu"]  # one job: its process sees every device, as a plain tunelab train does (no torch here)
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
