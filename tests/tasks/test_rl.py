@@ -128,7 +128,7 @@ def test_a_ppo_update_raises_the_advantage_weighted_log_probability(tiny_llama_d
 
 
 def test_the_value_head_learns_the_returns(tiny_llama_dir) -> None:
-    from tunelab.tasks.ppo import logits_and_values
+    from tunelab.tasks.ppo import logps_and_values
 
     _, model, step, batch = _step_setup("ppo", tiny_llama_dir, **{"task.vf_coef": 1.0})
     micro = step.micro_batches(model, batch)[0]
@@ -136,7 +136,7 @@ def test_the_value_head_learns_the_returns(tiny_llama_dir) -> None:
 
     def value_error() -> float:
         with torch.no_grad():
-            _, values = logits_and_values(model, micro)
+            _, values = logps_and_values(model, micro)
         return float((((values - micro["returns"]) ** 2) * mask).sum() / mask.sum())
 
     before = value_error()

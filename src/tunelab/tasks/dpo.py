@@ -52,7 +52,7 @@ from tunelab.row_scores import ROWS_KEY, RowScores, hits
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator
 from tunelab.tasks.dpo_losses import LOSSES, REFERENCE_FREE, chosen_nll, preference_loss
-from tunelab.tasks.logprobs import forward_logits, token_logps
+from tunelab.tasks.logprobs import response_token_logps
 from tunelab.tasks.preference_data import load_pair_splits
 from tunelab.tasks.rl import JudgeOptions, check_generation_budget, judged_rows, prompt_row
 from tunelab.tasks.rl_rewards import Scorer, load_scorer
@@ -115,9 +115,7 @@ class PairData:
 def pair_outputs(model: nn.Module, batch: dict[str, torch.Tensor], cfg: DPOTaskConfig,
                  reference: Reference | None) -> dict[str, torch.Tensor]:
     """Loss (scalar) and per-pair rewards / log-probabilities of one batch of pairs."""
-    logits = forward_logits(model, batch)
-    per_token = token_logps(logits, batch["input_ids"])
-    del logits
+    per_token = response_token_logps(model, batch).logps  # 0 outside the responses
     mask = batch["response_mask"][:, 1:].to(per_token.dtype)
     logps, counts = (per_token * mask).sum(-1), mask.sum(-1)
     n = batch_size_of(batch) // 2
@@ -144,8 +142,7 @@ def pair_outputs(model: nn.Module, batch: dict[str, torch.Tensor], cfg: DPOTaskC
 @torch.no_grad()
 def reference_logps(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed response log-probabilities ``[2B]`` under ``net`` (the reference)."""
-    per_token = token_logps(forward_logits(net, batch), batch["input_ids"])
-    return (per_token * batch["response_mask"][:, 1:].to(per_token.dtype)).sum(-1)
+    return response_token_logps(net, batch).logps.sum(-1)
 
 
 class PairStats:
@@ -260,6 +257,9 @@ class DPOTask:
 
     def build_model(self, resolved: str, labels: Any = None) -> nn.Module:
         return self.lm.build_model(resolved)
+
+    def build_model_streamed(self, resolved: str, transforms_for) -> tuple[nn.Module, str] | None:
+        return self.lm.build_model_streamed(resolved, transforms_for)
 
     def make_reference(self, model: nn.Module, frozen: nn.Module | None = None) -> Reference | None:
         """The reference for this run's loss (None for the reference-free losses)."""

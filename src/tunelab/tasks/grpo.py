@@ -23,10 +23,10 @@ from pydantic import Field
 from torch import nn
 
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.logprobs import forward_logits, token_logps
+from tunelab.tasks.logprobs import response_token_logps
 from tunelab.tasks.ppo import RL_METRICS, rl_headline
 from tunelab.tasks.rl import RLOptions, RLTask, RolloutStep, chunked, reference_logps, sequence_logps, trimmed
-from tunelab.tasks.rl_math import clipped_policy_loss, entropy_from_logits, group_advantages, kl_per_token, masked_mean
+from tunelab.tasks.rl_math import clipped_policy_loss, group_advantages, kl_per_token, masked_mean
 
 
 class GRPOTaskConfig(RLOptions):
@@ -62,8 +62,8 @@ class GRPOStep(RolloutStep):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         o = self.opts
-        logits = forward_logits(model, batch)
-        logp = token_logps(logits, batch["input_ids"])
+        out = response_token_logps(model, batch, entropy=True)
+        logp = out.logps
         mask = batch["response_mask"][:, 1:].to(logp.dtype)
         per_token, clipped = clipped_policy_loss(logp, batch["old_logp"], batch["advantages"].unsqueeze(-1),
                                                  o.clip_range)
@@ -74,7 +74,7 @@ class GRPOStep(RolloutStep):
             n = int(batch["input_ids"].shape[0])
             self.stats.add("policy_loss", float(loss), n)
             self.stats.add("clip_fraction", float(masked_mean(clipped.to(logp.dtype), mask)), n)
-            self.stats.add("entropy", float(masked_mean(entropy_from_logits(logits[:, :-1]), mask)), n)
+            self.stats.add("entropy", float(masked_mean(out.entropy, mask)), n)
         return loss
 
 

@@ -24,8 +24,6 @@ Logged per train line: ``reward_mean``, ``reward_median``, ``kl`` (summed per se
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,13 +32,12 @@ from pydantic import Field
 from torch import nn
 
 from tunelab.tasks.base import TaskSpec
-from tunelab.tasks.logprobs import forward_logits, token_logps
+from tunelab.tasks.logprobs import ResponseLogps, response_token_logps
 from tunelab.tasks.rl import RLOptions, RLTask, RolloutStep, _unwrap, chunked, reference_logps, trimmed
 from tunelab.tasks.rl_math import (
     KLController,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     gae,
     kl_per_token,
     masked_mean,
@@ -79,25 +76,14 @@ def add_value_head(model: nn.Module) -> nn.Module:
     return model
 
 
-@contextmanager
-def captured_hidden(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """The LM head's input (the last hidden states, one per input token) of the forwards in the block."""
-    seen: list[torch.Tensor] = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-def logits_and_values(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``[B, T, V]`` and the value of each state ``[B, T-1]`` (the state before token t+1)."""
-    net = _unwrap(model)
-    with captured_hidden(net) as seen:
-        logits = forward_logits(model, batch)
-    head = getattr(net, VALUE_HEAD)
-    values = head(seen[-1].to(head.weight.dtype)).squeeze(-1)
-    return logits, values[:, :-1]
+def logps_and_values(model: nn.Module, batch: dict[str, torch.Tensor], entropy: bool = False
+                     ) -> tuple[ResponseLogps, torch.Tensor]:
+    """Response-token log-probabilities (the LM head only on response positions) and the value of each
+    state ``[B, T-1]`` (the state before token t+1)."""
+    out = response_token_logps(model, batch, hidden=True, entropy=entropy)
+    head = getattr(_unwrap(model), VALUE_HEAD)
+    values = head(out.hidden.to(head.weight.dtype)).squeeze(-1)
+    return out, values[:, :-1]
 
 
 # ---------------------------------------------------------------------------- the step
@@ -116,10 +102,9 @@ class PPOStep(RolloutStep):
         old_logp, old_values = [], []
         for rows in chunked(n, self.chunk):
             part = trimmed(data, rows)
-            logits, values = logits_and_values(model, part)
-            old_logp.append(_pad(token_logps(logits, part["input_ids"]), width))
+            out, values = logps_and_values(model, part)
+            old_logp.append(_pad(out.logps, width))
             old_values.append(_pad(values.float(), width))
-            del logits
         logp, values = torch.cat(old_logp), torch.cat(old_values)
         ref = reference_logps(self.task.reference, model, data, self.chunk)
         mask = data["response_mask"][:, 1:].to(logp.dtype)
@@ -137,8 +122,8 @@ class PPOStep(RolloutStep):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         o = self.opts
-        logits, values = logits_and_values(model, batch)
-        logp = token_logps(logits, batch["input_ids"])
+        out, values = logps_and_values(model, batch, entropy=True)
+        logp = out.logps
         mask = batch["response_mask"][:, 1:].to(logp.dtype)
         pg, clipped = clipped_policy_loss(logp, batch["old_logp"], batch["advantages"], o.clip_range)
         vf, v_clipped = clipped_value_loss(values.to(logp.dtype), batch["old_values"], batch["returns"],
@@ -151,7 +136,7 @@ class PPOStep(RolloutStep):
             self.stats.add("clip_fraction", float(masked_mean(clipped.to(logp.dtype), mask)), n)
             self.stats.add("value_clip_fraction", float(masked_mean(v_clipped.to(logp.dtype), mask)), n)
             self.stats.add("approx_kl", float(masked_mean(0.5 * (logp - batch["old_logp"]) ** 2, mask)), n)
-            self.stats.add("entropy", float(masked_mean(entropy_from_logits(logits[:, :-1]), mask)), n)
+            self.stats.add("entropy", float(masked_mean(out.entropy, mask)), n)
         return policy_loss + o.vf_coef * value_loss
 
     def state_dict(self) -> dict[str, Any]:

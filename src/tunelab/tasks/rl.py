@@ -41,7 +41,7 @@ from tunelab.errors import UserError
 from tunelab.models.loading import ensure_pad_token
 from tunelab.row_scores import ROWS_KEY, RowScores, hits
 from tunelab.tasks.common import config_for_source, inference_accelerator
-from tunelab.tasks.logprobs import forward_logits, token_logps
+from tunelab.tasks.logprobs import response_token_logps
 from tunelab.tasks.rl_rewards import Scorer, load_scorer
 from tunelab.tasks.rollouts import Rollout, Sampling, draw_seed, sample
 from tunelab.tasks.sft import SFTTask, SFTTaskConfig
@@ -124,8 +124,9 @@ class PromptBatches(PromptCollator):
 
 @torch.no_grad()
 def sequence_logps(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-token log-probabilities ``[B, T-1]`` of a rollout batch under ``net`` (no gradient)."""
-    return token_logps(forward_logits(net, batch), batch["input_ids"])
+    """Per-token log-probabilities ``[B, T-1]`` of a rollout batch's responses under ``net`` (no gradient;
+    0 outside the responses)."""
+    return response_token_logps(net, batch).logps
 
 
 def chunked(n: int, size: int) -> list[slice]:
@@ -389,6 +390,9 @@ class RLTask:
 
     def build_model(self, resolved: str, labels: Any = None) -> nn.Module:
         return self.lm.build_model(resolved)
+
+    def build_model_streamed(self, resolved: str, transforms_for) -> tuple[nn.Module, str] | None:
+        return self.lm.build_model_streamed(resolved, transforms_for)
 
     def make_reference(self, model: nn.Module, frozen: nn.Module | None = None) -> Reference | None:
         self.reference = Reference(model, frozen=frozen) if self.needs_reference() else None

@@ -37,7 +37,7 @@ from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer,
 from tunelab.row_scores import ROWS_KEY, RowScores, hits, split_rows
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
-from tunelab.tasks.lm_loss import LabelledLogitsStep
+from tunelab.tasks.lm_loss import LabelledLogitsStep, head_slot, hidden_instead_of_logits, unwrap
 from tunelab.train.step import SupervisedStep, model_inputs
 
 
@@ -133,12 +133,19 @@ class SFTTask:
         LM loss reads them), their mean cross-entropy (the model's own loss), and the final hidden
         states at those positions when asked."""
         inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
-        with head_inputs(model, features) as seen:
-            logits = model(**inputs, use_cache=False).logits
         labels = batch["labels"][:, 1:]
         keep = labels != -100
-        picked = logits[:, :-1][keep]
-        hidden = seen[0][:, :-1][keep] if features else None
+        inner = unwrap(model)
+        if head_slot(inner) is None:  # logits are not head(hidden): every position's logits, then picked
+            with head_inputs(model, features) as seen:
+                logits = model(**inputs, use_cache=False).logits
+            picked = logits[:, :-1][keep]
+            hidden = seen[0][:, :-1][keep] if features else None
+        else:  # the LM head only on the labelled positions
+            with hidden_instead_of_logits(inner) as head:
+                states = model(**inputs, use_cache=False).logits[:, :-1][keep]
+            picked = head(states)
+            hidden = states if features else None
         return picked, F.cross_entropy(picked.float(), labels[keep]), hidden
 
     def distill_cacheable(self, cfg: Any) -> bool:
@@ -299,6 +306,23 @@ class SFTTask:
                             f"{str(e).splitlines()[0]}") from None
         model.tunelab_head_params = []
         return model
+
+    def build_model_streamed(self, resolved: str, transforms_for) -> tuple[nn.Module, str] | None:
+        """(the causal LM loaded tensor by tensor with ``transforms_for(empty model)`` applied as modules
+        arrive, its base fingerprint), or None for a checkpoint that cannot be streamed
+        (:mod:`tunelab.models.streamed`)."""
+        from transformers import AutoModelForCausalLM
+
+        from tunelab.models.streamed import load_streamed
+
+        def plan(model: nn.Module):
+            model.tunelab_head_params = []
+            return transforms_for(model)
+
+        loaded = load_streamed(AutoModelForCausalLM, resolved, plan, **hub_kwargs(resolved))
+        if loaded is not None:
+            loaded[0].tunelab_head_params = []
+        return loaded
 
     def collator(self, tokenizer: Any, model: nn.Module, *, packed: bool):
         """Right-padding collator (labels padded with -100), or the packed one with its 4D mask."""
