@@ -196,7 +196,7 @@ def run_tunelab(a, name: str, method: str, packed: bool, i: int, work: Path, env
                    train_samples=res["train_samples"], self_peak_memory_mb=res["peak_memory_mb"],
                    params=res["params"], global_step=res["global_step"],
                    final_train_loss=losses[-1][1] if losses else None, train_losses=losses,
-                   test_loss=(res.get("test") or {}).get("loss"))
+                   test_loss=(res.get("test") or {}).get("loss"), memory_mb=res.get("memory_mb"))
     if a.keep_runs is None:
         bc.remove_tree(runs / run_name)
     return row
@@ -280,6 +280,10 @@ def summarise(rows: list[dict[str, Any]], configs: list[str]) -> dict[str, Any]:
                                        "median_tokens_per_second"),
             "per_pair": per_pair("tunelab_qlora_unpacked", "tunelab_lora_unpacked"),
         }
+        out["qlora_over_lora"]["breakdown_mb"] = {
+            name: memory_breakdown([r for r in rows if r["config"] == name and r.get("memory_mb")])
+            for name in ("tunelab_lora_unpacked", "tunelab_qlora_unpacked")}
+    out["targets"] = targets(out)
     out["packed_over_unpacked_tokens_per_second"] = {
         "tunelab": ratio("tunelab_lora_packed", "tunelab_lora_unpacked", "median_tokens_per_second"),
         "trl": ratio("trl_lora_packed", "trl_lora_unpacked", "median_tokens_per_second"),
@@ -294,6 +298,46 @@ def summarise(rows: list[dict[str, Any]], configs: list[str]) -> dict[str, Any]:
                                   if any(per[n]["trainable_params"] for n in per) else None),
     }
     return out
+
+
+def memory_breakdown(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over runs of where tunelab's peak comes from (results.json ``memory_mb`` stages): the
+    process and its imports, data, the model's weights (as loaded and adapted: fp32, or 4-bit codes
+    plus the fp32 embeddings), and what training adds on top (activations, the labelled positions'
+    logits, gradients and optimizer state of the trainable parameters; the last two are computed)."""
+    if not rows:
+        return {}
+    stages = [r["memory_mb"] for r in rows]
+    trainable = rows[0]["params"]["trainable"]
+
+    def med(f) -> float:
+        return round(bc.median([f(m) for m in stages]), 1)
+
+    return {
+        "process_and_imports": med(lambda m: m["start"]),
+        "data_and_tokenizer": med(lambda m: m["data"] - m["start"]),
+        "weights": med(lambda m: m["model"] - m["data"]),
+        "loading_peak_over_weights": med(lambda m: m["peak_before_training"] - m["model"]),
+        "training_over_weights": med(lambda m: m["peak_training"] - m["model"]),
+        "of_which_grads_and_adam_state": round(3 * 4 * trainable / 2**20, 1),
+        "of_which_logits_chunk_at_most": round(4 * (1 << 23) / 2**20, 1),
+        "peak_training": med(lambda m: m["peak_training"]),
+        "peak": med(lambda m: m["peak"]),
+    }
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets against this run's ratios (unpacked: the same rows and steps in both tools)."""
+    unpacked = summary["tunelab_over_trl"].get("unpacked", {})
+    q = summary.get("qlora_over_lora", {})
+
+    def check(value, limit, below: bool):
+        return {"value": value, "target": f"{'<=' if below else '>='} {limit}",
+                "pass": None if value is None else (value <= limit if below else value >= limit)}
+
+    return {"sft_peak_rss_over_trl": check(unpacked.get("peak_rss"), 0.5, True),
+            "sft_tokens_per_second_over_trl": check(unpacked.get("tokens_per_second"), 2.0, False),
+            "qlora_peak_rss_over_lora": check(q.get("peak_rss"), 0.7, True)}
 
 
 def trl_facts(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -334,6 +378,10 @@ def print_table(summary: dict[str, Any], warning: str | None) -> None:
     if q:
         print(f"QLoRA / LoRA (tunelab, unpacked): peak RSS {f(q['peak_rss'], '.2f')}x, "
               f"tokens/s {f(q['tokens_per_second'], '.2f')}x")
+        for name, b in q.get("breakdown_mb", {}).items():
+            print(f"  {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in b.items()) + " (MB)")
+    for name, t in summary["targets"].items():
+        print(f"target {name}: {t['value']} (target {t['target']}): {'PASS' if t['pass'] else 'MISS'}")
     p = summary["packed_over_unpacked_tokens_per_second"]
     print(f"packed / unpacked tokens/s: tunelab {f(p['tunelab'], '.2f')}x, TRL {f(p['trl'], '.2f')}x")
     v = summary["validity"]
@@ -362,10 +410,10 @@ MATCHED = [
 ]
 
 DIFFERENCES = [
-    ("loss computation: TRL patches the model with a fused LM head that projects only the positions with a label "
-     "(the response, ~25% of tokens here), in tiles, without building the (batch, length, 49152) logits; "
-     "tunelab's model computes full logits for every position, then the cross-entropy over labelled ones. This "
-     "is TRL's design and is left on: it saves LM-head compute and memory"),
+    ("loss computation: both tools project only the positions with a label (the response, ~25% of tokens here) "
+     "through the LM head, never building the (batch, length, 49152) logits: TRL with its fused LM head (in "
+     "tiles), tunelab with its LabelledLogitsStep (the head on the labelled hidden states, a chunked "
+     "cross-entropy); each tool's own way, left on"),
     ("packing: tunelab packs greedily in data order (first fit) into rows of <= max_length tokens, pads a batch of "
      "rows to its longest and passes a 4-D block-diagonal causal mask plus restarting position_ids. TRL packs by "
      "best-fit decreasing (rows of <= max_length), then its padding-free collator concatenates the batch's rows "

@@ -19,6 +19,15 @@ def lora_run(tiny_bert_dir, reviews_jsonl, tmp_path_factory):
     return out / "run", proc
 
 
+def test_results_break_the_peak_memory_down_by_stage(lora_run):
+    run, _ = lora_run
+    results = json.loads((run / "results.json").read_text())
+    memory = results["memory_mb"]
+    assert set(memory) == {"start", "data", "model", "peak_before_training", "peak_training", "peak"}
+    assert 0 < memory["start"] <= memory["peak_before_training"] <= memory["peak_training"] <= memory["peak"]
+    assert memory["model"] <= memory["peak_before_training"] and abs(memory["peak"] - results["peak_memory_mb"]) < 50
+
+
 def test_run_directory_contract(lora_run):
     run, proc = lora_run
     assert proc.stdout.strip().splitlines()[-1] == str(run)  # the last line is the run directory

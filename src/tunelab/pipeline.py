@@ -51,13 +51,36 @@ def check_task_methods(cfg: RunConfig) -> None:
 
 def build_model(cfg: RunConfig, task: Task, resolved: str, labels: LabelMap | None):
     """Base model with a fresh head, its fingerprint (taken before any method touches it), adapted."""
-    model = task.build_model(resolved, labels)
-    shrink(model, cfg.model.num_layers, cfg.model.keep_layers)  # a smaller student (distillation)
-    fp = fingerprint(model, exclude=set(model.tunelab_head_params))
+    streamed = streamed_model(cfg, task, resolved)
+    if streamed is not None:
+        model, fp = streamed
+    else:
+        model = task.build_model(resolved, labels)
+        shrink(model, cfg.model.num_layers, cfg.model.keep_layers)  # a smaller student (distillation)
+        fp = fingerprint(model, exclude=set(model.tunelab_head_params))
     apply_methods(model, cfg.methods())
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model, fp
+
+
+def streamed_model(cfg: RunConfig, task: Task, resolved: str):
+    """(model, fingerprint) loaded tensor by tensor with the methods' load-time transforms applied as
+    each module arrives (QLoRA's quantisation), when a method has some and the task can stream its
+    model (``build_model_streamed``); else ``None`` (the usual whole-model load)."""
+    methods = [(get_method(m.name), m) for m in cfg.methods()]
+    wanted = [(spec.load_transforms, m) for spec, m in methods if spec.load_transforms is not None]
+    build = getattr(task, "build_model_streamed", None)
+    if not wanted or build is None or cfg.model.num_layers or cfg.model.keep_layers:
+        return None
+
+    def transforms(empty_model):
+        out = {}
+        for plan, method_cfg in wanted:
+            out.update(plan(empty_model, method_cfg))
+        return out
+
+    return build(resolved, transforms)
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -102,6 +125,33 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def resident_mb() -> float:
+    """Resident memory of this process now (``VmRSS``; the peak where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_memory_mb()
+
+
+class MemoryMarks(dict):
+    """Resident memory (MB) at the stages of a run, for results.json's ``memory_mb``: where the peak
+    comes from. ``start``: the process with its imports; ``data``: after the data is prepared;
+    ``model``: after the model is built and adapted (weights); ``peak_before_training``: the
+    highest point until then (loading's own peak); ``peak_training``: the highest point by the end of
+    training (it adds activations, logits, gradients and optimizer state on top of ``model``);
+    ``peak``: the whole run's, the test evaluation included."""
+
+    def mark(self, stage: str) -> None:
+        self[stage] = round(resident_mb(), 1)
+
+    def final(self) -> dict[str, float]:
+        return {**self, "peak": round(peak_memory_mb(), 1)}
+
+
 # ---------------------------------------------------------------------------- train
 
 def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None) -> Path:
@@ -109,14 +159,19 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
     from accelerate.utils import broadcast_object_list, set_seed
 
     check_task_methods(cfg)
+    memory = MemoryMarks()
+    memory.mark("start")
     accelerator = make_accelerator(cfg)
     task = get_task(cfg.task)
     resolved = task.resolve_model(cfg.model.name_or_path)
     processor = task.load_processor(resolved)
     data = task.prepare(cfg, processor)
     teacher = load_teacher(cfg, task, data.labels, processor) if cfg.distill.teacher else None
+    memory.mark("data")
     set_seed(cfg.seed)
     model, fp = build_model(cfg, task, resolved, data.labels)
+    memory.mark("model")
+    memory["peak_before_training"] = round(peak_memory_mb(), 1)
     if teacher is not None:
         check_fit(model, teacher)
     params = count_parameters(model)
@@ -147,6 +202,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
                       log=log, run_dir=run.path, group_by_length=cfg.data.group_by_length, step=step)
     started = time.time()
     fit = trainer.fit(data.rows["train"], data.rows.get("validation"))
+    memory["peak_training"] = round(peak_memory_mb(), 1)
     trainer.restore_best()
     finish = getattr(step, "finish", None)
     if callable(finish):  # training-only modules (a distillation projection) leave before saving
@@ -160,7 +216,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, resume: str | None = None)
         if test:
             log_test(log, "test", fit.global_step, test, samples, cfg)
         results = results_record(cfg, task, fit, trainer.metric_name, test, params, fp, accelerator,
-                                 wall_seconds=time.time() - started)
+                                 wall_seconds=time.time() - started, memory=memory)
         if test:
             results["test_seconds"] = round(test_seconds, 3)
         if rows:
@@ -201,7 +257,7 @@ def log_test(log, split: str, step: int, metrics: dict[str, Any], samples: list[
 
 
 def results_record(cfg: RunConfig, task, fit, metric: str, test: dict, params: dict, fp: str,
-                   accelerator, wall_seconds: float) -> dict[str, Any]:
+                   accelerator, wall_seconds: float, memory: MemoryMarks | None = None) -> dict[str, Any]:
     """What ``results.json`` holds: final metrics, cost and size of the run."""
     return {
         "task": task.name, "method": [m.name for m in cfg.methods()],
@@ -215,6 +271,7 @@ def results_record(cfg: RunConfig, task, fit, metric: str, test: dict, params: d
         "tokens_per_second": round(fit.tokens_per_second, 3), "train_tokens": fit.train_tokens,
         "wall_seconds": round(wall_seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
         "allocator": active_allocator(), "num_processes": accelerator.num_processes,
+        **({"memory_mb": memory.final()} if memory else {}),
     }
 
 

@@ -67,6 +67,10 @@ class MethodSpec:
     why_not_swappable: str = ""
     """Why a method that is not :attr:`swappable` cannot share a base, for the one-line refusal
     (completes "method 'NAME' ...")."""
+    load_transforms: Callable[[nn.Module, MethodConfig], dict[str, Callable[[nn.Module], nn.Module]]] | None = None
+    """Given the model still on the meta device, the modules to transform the moment their weights are
+    loaded (QLoRA: quantise each linear while loading, :mod:`tunelab.models.streamed`); ``apply`` then
+    finds them already transformed. None: nothing to do while loading."""
     peft_type: str | None = None
     """peft's ``peft_type`` of the same method (``"LORA"``), or None when peft has no equivalent.
 

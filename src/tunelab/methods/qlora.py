@@ -24,6 +24,11 @@ What this module does on top of :mod:`tunelab.methods.lora`:
   released (with a bf16/fp16 ``compute_dtype``, bitsandbytes casts that bias to it on the first
   forward). Then LoRA wraps its targets as usual (:class:`~tunelab.methods.lora.LoRALinear`
   calls the 4-bit layer's forward; DoRA reads its dequantised weight).
+* Loading: for tasks whose model the pipeline can stream (causal LMs from a local safetensors
+  checkpoint), :func:`load_transforms` hands the pipeline one quantisation per selected linear and
+  each is quantised the moment its fp32 weight is read (:mod:`tunelab.models.streamed`), so the
+  fp32 weights of the whole model never sit in memory together; :func:`apply` then finds them in
+  4 bits and only adds LoRA. Other models are loaded whole and quantised here.
 * Quantisation is deterministic, so a run directory stays adapter-only: loading a run rebuilds
   the base, quantises it again to the same codes, then loads the trained tensors.
 * Merging into 4-bit weights is refused (it would requantise ``W + dW`` and change the model);
@@ -39,6 +44,8 @@ taken from each base weight) is written to the same API but untested, for lack o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -223,16 +230,23 @@ def apply(model: nn.Module, cfg: MethodConfig) -> None:
     Trains what LoRA trains (the ``lora_*`` parameters); the head is left to ``apply_methods``.
     """
     assert isinstance(cfg, QLoRAConfig)
+    bnb = _bitsandbytes()
+    for name, quantize in load_transforms(model, cfg).items():
+        if not isinstance(model.get_submodule(name), bnb.nn.Linear4bit):  # not quantised while loading
+            replace_module(model, name, quantize(model.get_submodule(name)))
+    lora.apply(model, cfg)
+
+
+def load_transforms(model: nn.Module, cfg: MethodConfig) -> dict[str, Callable[[nn.Module], nn.Module]]:
+    """Each linear ``cfg.quantize_modules`` selects -> its quantisation; usable on a model whose weights
+    are still on the meta device (the pipeline then quantises each one as soon as it is loaded).
+    Both selections are checked first: a user error leaves the model intact."""
+    assert isinstance(cfg, QLoRAConfig)
     names = find_quantize_targets(model, cfg)
     lora.find_lora_targets(model, cfg)  # raises on a target that matches nothing, before quantising
-    compute_dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-    for name in names:
-        quantized = quantize_linear(
-            model.get_submodule(name), quant_type=cfg.quant_type, double_quant=cfg.double_quant,
-            blocksize=cfg.blocksize, compute_dtype=compute_dtype,
-        )
-        replace_module(model, name, quantized)
-    lora.apply(model, cfg)
+    quantize = partial(quantize_linear, quant_type=cfg.quant_type, double_quant=cfg.double_quant,
+                       blocksize=cfg.blocksize, compute_dtype=COMPUTE_DTYPES[cfg.compute_dtype])
+    return dict.fromkeys(names, quantize)
 
 
 def unwrap_qlora(model: nn.Module) -> nn.Module:
@@ -252,5 +266,6 @@ SPEC = MethodSpec(
     paper="Dettmers et al., 2023, QLoRA: Efficient Finetuning of Quantized LLMs, arXiv:2305.14314",
     wraps_linear=True,
     merge_modules=dequantized_lora_modules,
+    load_transforms=load_transforms,
     why_not_swappable="quantises the base weights in place",
 )

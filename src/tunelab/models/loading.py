@@ -85,14 +85,22 @@ def fingerprint(model: nn.Module, exclude: set[str] | frozenset[str] = frozenset
 
     Stored with every run, so an adapter is never loaded onto a different base model.
     """
+    return hash_samples({name: fingerprint_samples(tensor) for name, tensor in model.state_dict().items()
+                         if name not in exclude})
+
+
+def fingerprint_samples(tensor: torch.Tensor) -> tuple[list[int], bytes]:
+    """(shape, a strided sample of about 2,048 values as fp32 bytes): what the fingerprint hashes of a tensor."""
+    flat = tensor.detach().reshape(-1)
+    return list(tensor.shape), flat[:: max(1, flat.numel() // 2048)].to(torch.float32).cpu().numpy().tobytes()
+
+
+def hash_samples(samples: dict[str, tuple[list[int], bytes]]) -> str:
+    """The fingerprint of ``{name: fingerprint_samples(tensor)}``, in name order."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name in exclude:
-            continue
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 2048)].to(torch.float32).cpu().numpy().tobytes()
+    for name, (shape, sample) in sorted(samples.items()):
         h.update(name.encode())
-        h.update(json.dumps(list(tensor.shape)).encode())
+        h.update(json.dumps(shape).encode())
         h.update(sample)
     return h.hexdigest()[:32]
 

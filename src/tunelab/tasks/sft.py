@@ -37,7 +37,7 @@ from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer,
 from tunelab.row_scores import ROWS_KEY, RowScores, hits, split_rows
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
-from tunelab.tasks.lm_loss import LabelledLogitsStep, head_slot, hidden_instead_of_logits, unwrap
+from tunelab.tasks.lm_loss import CHUNK_FLOATS, LabelledLogitsStep, _vocab, head_slot, hidden_instead_of_logits, unwrap
 from tunelab.train.step import SupervisedStep, model_inputs
 
 
@@ -378,24 +378,37 @@ LOGITS_BUDGET = 1 << 25
 """Most logits (floats) one evaluation forward may produce: 32M, 128 MB in fp32."""
 
 
+def labelled_token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the next-token cross-entropy of each labelled token ``[N]`` in fp32, the ``[B, T-1]`` mask of
+    where they are); pops ``labels``. The LM head runs only on the labelled positions, a chunk of
+    :data:`~tunelab.tasks.lm_loss.CHUNK_FLOATS` logits at a time (models whose logits are not
+    ``head(hidden)`` compute them all)."""
+    labels = batch.pop("labels")
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    inner = unwrap(model)
+    if head_slot(inner) is None:
+        logits = model(**batch).logits[:, :-1].float()
+        return F.cross_entropy(logits[keep], target[keep], reduction="none"), keep
+    with hidden_instead_of_logits(inner) as head:
+        hidden = model(**batch).logits[:, :-1][keep]
+    rows = max(1, CHUNK_FLOATS // max(_vocab(head), 1))
+    losses = [F.cross_entropy(head(hidden[i:i + rows]).float(), target[keep][i:i + rows], reduction="none")
+              for i in range(0, hidden.shape[0], rows)]
+    return (torch.cat(losses) if losses else hidden.new_zeros(0)), keep
+
+
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(summed next-token cross-entropy over labelled tokens, their count), as float64."""
-    labels = batch.pop("labels")
-    logits = model(**batch).logits[:, :-1].float()
-    target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
-    return torch.stack([loss.double(), (target != IGNORE).sum().double()])
+    losses, keep = labelled_token_losses(model, batch)
+    return torch.stack([losses.sum().double(), keep.sum().double()])
 
 
 def token_loss_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """:func:`token_loss_sum` row by row: ``[B, 2]`` (each row's summed loss, its labelled tokens), float64."""
-    labels = batch.pop("labels")
-    logits = model(**batch).logits[:, :-1].float()
-    target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                           ignore_index=IGNORE, reduction="none").view_as(target)
-    return torch.stack([loss.double().sum(-1), (target != IGNORE).sum(-1).double()], dim=-1)
+    losses, keep = labelled_token_losses(model, batch)
+    per_row = torch.zeros_like(keep, dtype=losses.dtype).masked_scatter(keep, losses).double().sum(-1)
+    return torch.stack([per_row, keep.sum(-1).double()], dim=-1)
 
 
 class PaddingCollator:
