@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.tasks.test_lm_loss import METHODS, batch_of, grads, tiny_lm
+from tests.tasks.test_lm_loss import METHODS, assert_same_grads, batch_of, tiny_lm
 from tunelab.models.layers import head_inputs
 from tunelab.tasks.logprobs import forward_logits, response_token_logps, token_logps
 from tunelab.tasks.rl_math import entropy_from_logits
@@ -47,10 +47,7 @@ def test_response_logps_equal_the_full_logits(tiny_llama_dir, method, chunk_floa
     torch.testing.assert_close(out.entropy, ref_entropy.detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out.hidden, ref_hidden, rtol=1e-6, atol=1e-6)
     assert not out.entropy.requires_grad
-    a, b = grads(model), grads(other)
-    assert a.keys() == b.keys() and a
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5)
+    assert_same_grads(model, other)
 
 
 def test_soft_capped_models_use_the_full_logits(tiny_llama_dir):
@@ -86,10 +83,7 @@ def test_dpo_pair_loss_and_gradients_unchanged(tiny_llama_dir):
     ours = pair_outputs(other, batch, cfg, None)["loss"]
     ours.backward()
     assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
-    a, b = grads(model), grads(other)
-    assert a.keys() == b.keys() and a
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5)
+    assert_same_grads(model, other)
 
 
 def test_sft_distillation_logits_at_labelled_positions(tiny_llama_dir):
