@@ -452,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in CONFIGS if not (a.skip_qlora and c[2] == "qlora")]
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+
+    def write(done: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+        doc = results_document(a, done, configs, machine, started, time.perf_counter() - t0, complete)
+        bc.write_json(a.out, doc)
+        return doc
+
     try:
         for i in range(a.repeats):
             for name, tool, method, packed in (configs if i % 2 == 0 else configs[::-1]):
@@ -469,16 +475,27 @@ def main(argv: list[str] | None = None) -> int:
                       f"wall_s={row.get('wall_seconds')} busy_cpus_before={row.get('busy_cpus_before')}", flush=True)
                 if row.get("returncode") != 0:
                     print(row.get("log_tail", "")[-1500:], file=sys.stderr)
+                write(rows, complete=False)  # what a kill or a timeout leaves is still on disk
     finally:
         if a.keep_runs is None:
             bc.remove_tree(work)
+    out = write(rows, complete=True)
+    print_table(out["summary"], out["noise_warning"])
+    print(f"\nwrote {a.out} ({out['total_seconds']:.0f} s)")
+    ok = all(r.get("returncode") == 0 for r in rows)
+    return 0 if ok else 1
+
+
+def results_document(a: argparse.Namespace, rows: list[dict[str, Any]], configs: list, machine: dict,
+                     started: str, seconds: float, complete: bool) -> dict[str, Any]:
     summary = summarise(rows, [c[0] for c in configs])
     warning = bc.noise_warning(rows)
-    out = {
+    return {
         "benchmark": "sft_vs_trl",
+        "complete": complete,
         "quick": a.quick,
         "started_utc": started,
-        "total_seconds": round(time.perf_counter() - t0, 1),
+        "total_seconds": round(seconds, 1),
         "recipe": {"model": MODEL, "data": DATA, "validation_ratio": 0.0, "split_seed": a.split_seed,
                    "max_train_samples": a.max_train_samples,
                    "test_rows": a.test_rows or "the built-in test split (200 rows)", "max_length": a.max_length,
@@ -504,11 +521,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "runs": [{k: v for k, v in r.items() if k != "peer"} for r in rows],
     }
-    bc.write_json(a.out, out)
-    print_table(summary, warning)
-    print(f"\nwrote {a.out} ({out['total_seconds']:.0f} s)")
-    ok = all(r.get("returncode") == 0 for r in rows)
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":
