@@ -83,4 +83,6 @@ def test_preference_and_rl_tasks_stream_too(tiny_llama_dir, task_name):
     extra = ["task.reward=tests.tasks.rl_reward_fns:length"] if task_name == "ppo" else []
     cfg = build_config(None, [f"model.name_or_path={tiny_llama_dir}", f"task.name={task_name}", *QLORA, *extra])
     task = get_task(cfg.task)
-    assert task.build_model_streamed(str(tiny_llama_dir), lambda m: {}) is not None
+    model, _ = task.build_model_streamed(str(tiny_llama_dir), lambda m: {})
+    assert hasattr(model, "tunelab_value_head") == (task_name == "ppo")  # PPO's value head, as build_model adds
+    assert model.tunelab_head_params == task.build_model(str(tiny_llama_dir)).tunelab_head_params

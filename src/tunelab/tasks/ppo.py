@@ -168,6 +168,11 @@ class PPOTask(RLTask):
     def build_model(self, resolved: str, labels: Any = None) -> nn.Module:
         return add_value_head(self.lm.build_model(resolved))
 
+    def build_model_streamed(self, resolved: str, transforms_for) -> tuple[nn.Module, str] | None:
+        """The streamed policy (its fingerprint is the base's) with the value head added, as in :meth:`build_model`."""
+        loaded = self.lm.build_model_streamed(resolved, transforms_for)
+        return None if loaded is None else (add_value_head(loaded[0]), loaded[1])
+
 
 RL_METRICS = {"reward_mean": True, "reward_median": True, "judge_mean": True, "judge_median": True, "kl": False,
               "response_length": True, "ended_fraction": True}
