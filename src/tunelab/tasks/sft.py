@@ -37,7 +37,8 @@ from tunelab.models.loading import ensure_pad_token, hub_kwargs, load_tokenizer,
 from tunelab.row_scores import ROWS_KEY, RowScores, hits, split_rows
 from tunelab.tasks.base import TaskSpec
 from tunelab.tasks.common import config_for_source, inference_accelerator, tokenizer_source
-from tunelab.tasks.lm_loss import CHUNK_FLOATS, LabelledLogitsStep, _vocab, head_slot, hidden_instead_of_logits, unwrap
+from tunelab.tasks.lm_loss import LabelledLogitsStep, head_slot, hidden_instead_of_logits, unwrap
+from tunelab.tasks.logprobs import selected_logps
 from tunelab.train.step import SupervisedStep, model_inputs
 
 
@@ -392,10 +393,8 @@ def labelled_token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> t
         return F.cross_entropy(logits[keep], target[keep], reduction="none"), keep
     with hidden_instead_of_logits(inner) as head:
         hidden = model(**batch).logits[:, :-1][keep]
-    rows = max(1, CHUNK_FLOATS // max(_vocab(head), 1))
-    losses = [F.cross_entropy(head(hidden[i:i + rows]).float(), target[keep][i:i + rows], reduction="none")
-              for i in range(0, hidden.shape[0], rows)]
-    return (torch.cat(losses) if losses else hidden.new_zeros(0)), keep
+    logp, _ = selected_logps(head, hidden, target[keep])  # chunked, as the response log-probabilities are
+    return -logp, keep
 
 
 def token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
