@@ -90,6 +90,19 @@ class DataConfig(_Section):
     image_column: str | None = Field(None, description="Image-path column of a csv/jsonl (image tasks; default 'image').")
     skip_bad_images: bool = Field(
         False, description="Image tasks: skip (and count) unreadable or missing image files instead of stopping.")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of csv/tsv/json/jsonl files: a codec name (utf-8, latin-1, cp1252, "
+                             "utf-16, ...) or 'auto' to detect it per file (charset-normalizer).")
+    drop_empty: bool = Field(
+        False, description="Drop (and count) rows whose text is empty or missing; by default such a row stops "
+                           "the run with its place in the file.")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        from tunelab.data.readers import check_encoding
+
+        return check_encoding(value)
 
     @model_validator(mode="after")
     def _ratios(self) -> "DataConfig":

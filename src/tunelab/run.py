@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from safetensors.torch import load_file, save_file
 
 from tunelab.errors import UserError
-from tunelab.train.checkpoint import trainable_state, write_atomic_text
+from tunelab.train.checkpoint import load_tensors, save_tensors, trainable_state, write_atomic_text
 
 
 class RunDir:
@@ -67,7 +66,15 @@ class RunDir:
         write_atomic_text(self.config, yaml.safe_dump(data, sort_keys=False))
 
     def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load(self.config.read_text()) or {}
+        """The resolved config; a damaged file is one :class:`UserError` naming it."""
+        try:
+            data = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.config} is damaged ({_first_line(exc)}); it is the run's resolved config: "
+                            "restore it or train again") from None
+        if data is not None and not isinstance(data, dict):
+            raise UserError(f"{self.config} is damaged: it holds a {type(data).__name__}, not the run's config")
+        return data or {}
 
     def log(self, event: dict[str, Any]) -> None:
         with self.metrics.open("a") as f:
@@ -77,15 +84,26 @@ class RunDir:
         """On resume, drop events logged after the checkpoint so the log reads as one run."""
         if not self.metrics.is_file():
             return
-        keep = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [json.dumps(event) for event in self._read_events() if event.get("step", 0) <= step]
         write_atomic_text(self.metrics, "".join(line + "\n" for line in keep))
+
+    def _read_events(self) -> list[dict[str, Any]]:
+        """Every event of ``metrics.jsonl``; a line a killed process left half-written is skipped."""
+        events = []
+        for line in self.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
 
     def events(self, **match: Any) -> list[dict[str, Any]]:
         """Logged events whose fields equal ``match`` (e.g. ``event="eval", split="baseline"``)."""
         if not self.metrics.is_file():
             return []
-        rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = self._read_events()
         return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
 
     def write_jsonl(self, path: Path, rows: list[dict[str, Any]]) -> None:
@@ -95,20 +113,29 @@ class RunDir:
         write_atomic_text(path, json.dumps(data, indent=2) + "\n")
 
     def read_json(self, path: Path) -> Any:
-        return json.loads(path.read_text())
+        """A JSON file of the run; a damaged one is one :class:`UserError` naming it."""
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path} is damaged ({_first_line(exc)}); restore it or train again") from None
 
     def save_weights(self, model) -> int:
         """Save the trainable tensors (adapter-only where the method allows); return bytes."""
         self.model_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.weights.with_name("weights.safetensors.tmp")
-        save_file(trainable_state(model), str(tmp), metadata={"format": "pt", "producer": "tunelab"})
+        save_tensors(trainable_state(model), tmp, metadata={"format": "pt", "producer": "tunelab"})
         tmp.replace(self.weights)
         return self.weights.stat().st_size
 
     def load_weights(self) -> dict:
         if not self.weights.is_file():
             raise UserError(f"run {self.path} has no trained weights ({self.weights}); did training finish?")
-        return load_file(str(self.weights))
+        return load_tensors(self.weights)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def _baseline_line(results: dict[str, Any]) -> str:

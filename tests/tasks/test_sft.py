@@ -128,7 +128,7 @@ def test_rows_of_the_wrong_format_stop_before_the_run_dir(tiny_llama_dir, tmp_pa
     data = tmp_path / "bad.jsonl"
     data.write_text('{"instruction": "Say hi.", "output": "hi"}\n{"instruction": "Say bye."}\n')
     assert main(sft_args(tiny_llama_dir, data, tmp_path, "bad", **{"task.format": "alpaca"})) == 2
-    assert "row 1: 'output' is empty" in capsys.readouterr().err
+    assert f"line 2 of file {data}: 'output' is empty" in capsys.readouterr().err  # as the user counts
     assert not (tmp_path / "bad").exists()
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.adapters.capture import Adapter
@@ -28,6 +27,7 @@ from tunelab.adapters.labels import labels_dict
 from tunelab.errors import UserError
 from tunelab.methods import get_method
 from tunelab.methods.base import MethodConfig
+from tunelab.train.checkpoint import load_tensors, save_tensors
 
 MANIFEST = "adapters.json"
 BASE_HEAD = "base_head.safetensors"
@@ -55,13 +55,13 @@ def staged_folder(target: Path, overwrite: bool) -> Iterator[Path]:
 
 def save_adapter(folder: Path, adapter: Adapter) -> None:
     """``<name>.safetensors``: the adapter's tensors under a run's weight names."""
-    save_file(adapter.state_dict(), str(folder / f"{adapter.name}.safetensors"),
-              metadata={"format": "pt", "producer": "tunelab", "adapter": adapter.name})
+    save_tensors(adapter.state_dict(), folder / f"{adapter.name}.safetensors",
+                 metadata={"format": "pt", "producer": "tunelab", "adapter": adapter.name})
 
 
 def save_base_head(folder: Path, head: dict[str, torch.Tensor]) -> None:
     """The base's own (untrained) head, so a load rebuilds the base exactly."""
-    save_file(head, str(folder / BASE_HEAD), metadata={"format": "pt", "producer": "tunelab"})
+    save_tensors(head, folder / BASE_HEAD, metadata={"format": "pt", "producer": "tunelab"})
 
 
 def manifest(*, base_model: str, fingerprint: str, task: str | None, base_labels: dict[str, Any] | None,
@@ -113,7 +113,7 @@ def entry_methods(entry: Mapping[str, Any]) -> list[MethodConfig]:
 
 def entry_weights(folder: Path, entry: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of one manifest entry's safetensors file."""
-    return load_file(str(folder / entry["file"]))
+    return load_tensors(folder / entry["file"])
 
 
 def rebuild_base(content: Mapping[str, Any], folder: Path) -> nn.Module:
@@ -128,7 +128,7 @@ def rebuild_base(content: Mapping[str, Any], folder: Path) -> nn.Module:
     known = content.get("base_labels") and not task.regression
     labels = LabelMap.from_dict(content["base_labels"]) if known else None
     model = task.build_model(resolve_model(content["base_model"]), labels)
-    head = load_file(str(folder / BASE_HEAD))
+    head = load_tensors(folder / BASE_HEAD)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in head.items():

@@ -1,9 +1,9 @@
-"""Check that configured columns exist, and drop rows whose required values are missing."""
+"""Check that configured columns exist; find, refuse or drop rows whose required values are missing."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import datasets
@@ -65,3 +65,31 @@ def drop_missing(
     if dropped == 0:
         return ds, 0
     return ds.select(keep, keep_in_memory=True), dropped
+
+
+def empty_rows(ds: datasets.Dataset, column: str) -> list[int]:
+    """0-based rows whose ``column`` is missing (see :func:`is_missing`)."""
+    values = ds.with_format(None)[column]
+    return [row for row, value in enumerate(values) if is_missing(value)]
+
+
+def refuse_or_drop_empty(ds: datasets.Dataset, columns: Iterable[str | None], split: str,
+                         place: Callable[[str, int], str], drop: bool) -> tuple[datasets.Dataset, int]:
+    """Rows whose text in any of ``columns`` is empty or missing: with ``drop`` (``data.drop_empty``)
+    they are dropped and counted; otherwise the first one is a :class:`UserError` naming its place in
+    the file (``place(split, row)``), how many there are, and the switch that drops them."""
+    bad: set[int] = set()
+    first: tuple[int, str] | None = None
+    for column in dict.fromkeys(c for c in columns if c is not None):
+        rows = empty_rows(ds, column)
+        bad.update(rows)
+        if rows and (first is None or rows[0] < first[0]):
+            first = (rows[0], column)
+    if first is None:
+        return ds, 0
+    if not drop:
+        others = f"; {len(bad)} rows of the {split} split are empty" if len(bad) > 1 else ""
+        raise UserError(f"{place(split, first[0])}: column '{first[1]}' is empty{others}; fill them in, or set "
+                        "data.drop_empty: true to drop such rows")
+    keep = [row for row in range(len(ds)) if row not in bad]
+    return ds.select(keep, keep_in_memory=True), len(bad)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -171,11 +171,14 @@ class LabelMap:
         return None
 
     def encode(
-        self, values: Iterable[Any], split: str, *, context: str = "training"
+        self, values: Iterable[Any], split: str, *, context: str = "training",
+        place: Callable[[str, int], str] | None = None,
     ) -> list[int]:
         """Return the id of every value; raise :class:`UserError` at the first unknown label.
 
-        The message names the value, the split, the row index and the known labels.
+        The message names the value, the split, the row index and the known labels; with ``place``
+        (``place(split, row)``, e.g. :meth:`tunelab.data.readers.Splits.place`) the row is named as
+        the user counts it in the file instead.
         """
         ids: list[int] = []
         for row, value in enumerate(values):
@@ -189,10 +192,8 @@ class LabelMap:
                 where = "was never seen in training" if context == "training" else (
                     f"is not in {context}"
                 )
-                raise UserError(
-                    f"label {value!r} at row {row} of the {split} split {where}; known labels: "
-                    f"{_listed(self.names)}"
-                )
+                at = f"at {place(split, row)}" if place else f"at row {row} of the {split} split"
+                raise UserError(f"label {value!r} {at} {where}; known labels: {_listed(self.names)}")
             ids.append(label_id)
         return ids
 
@@ -254,3 +255,36 @@ class LabelMap:
     def __repr__(self) -> str:
         """``LabelMap(['neg', 'pos'])``."""
         return f"LabelMap({self.names!r})"
+
+
+def check_label_values(values: Iterable[Any], split: str, place: Callable[[str, int], str], column: str,
+                       *, numeric: bool) -> None:
+    """Refuse, before any training, the first label that is missing (null, NaN, empty text) or not
+    finite (inf); with ``numeric`` (regression targets) also one that is not a number. The message
+    names the row as the user counts it (``place(split, row)``) and the column."""
+    for row, value in enumerate(values):
+        shown = _target_problem(value, numeric)
+        if shown is not None:
+            what = "regression target" if numeric else "label"
+            accepted = "a finite number" if numeric else "a class name or number"
+            raise UserError(f"{place(split, row)}: the {what} (column '{column}') is {shown}; every row needs "
+                            f"{accepted}: fill it in or remove the row")
+
+
+def _target_problem(value: Any, numeric: bool) -> str | None:
+    """Why ``value`` cannot be a label/target (e.g. ``"missing"``, ``"inf"``), or None when it can."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "missing (empty, null or NaN)" if value is None else "empty"
+    if isinstance(value, str) and not numeric:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return None if not numeric else f"{value!r} (a boolean)"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"{value!r:.40} ({type(value).__name__})" if numeric else None
+    if math.isnan(number):
+        return "missing (NaN)" if not isinstance(value, str) else f"{value!r} (not a number)"
+    if math.isinf(number):
+        return f"{value!r}" if isinstance(value, str) else str(number)
+    return None

@@ -109,11 +109,12 @@ def read_pairs(ds: datasets.Dataset, split: str, *, where: str | None = None
     return pairs, skipped
 
 
-def read_prompts(ds: datasets.Dataset, split: str) -> list[tuple[Message, ...]]:
+def read_prompts(ds: datasets.Dataset, split: str, *, where: str | None = None) -> list[tuple[Message, ...]]:
     """Prompt-only rows (for RL): a 'prompt' column (string or message list) or 'messages'/'conversations'
     (a trailing assistant turn dropped); also accepts preference files (uses only their prompt).
 
-    Raises :class:`UserError` naming the split, row and column for a missing column or a bad prompt.
+    Raises :class:`UserError` naming the split, row and column (after ``where``, e.g. ``"file p.jsonl"``,
+    when given) for a missing column or a bad prompt.
     """
     cols = ds.column_names
     if "prompt" in cols:
@@ -127,10 +128,10 @@ def read_prompts(ds: datasets.Dataset, split: str) -> list[tuple[Message, ...]]:
             f"the {split} split has no prompt column; prompt data needs a 'prompt' column (a string or a "
             f"list of turns), a 'messages' or 'conversations' column (a trailing assistant turn is "
             f"dropped), or preference columns 'chosen' and 'rejected'; the data has columns {sorted(cols)}")
-    _check_not_empty(ds, split, None)
+    _check_not_empty(ds, split, where)
     prompts: list[tuple[Message, ...]] = []
     for index, row in enumerate(ds.with_format(None)):
-        loc = _location(split, index, None)
+        loc = _location(split, index, where)
         if column == "prompt":
             prompts.append(_prompt(row["prompt"], loc))
         elif column is not None:

@@ -10,13 +10,20 @@ Accepted sources (see :func:`load_source`):
 * a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
 * a folder holding ``train.<ext>`` plus optional ``validation|valid|val|dev.<ext>`` and
   ``test.<ext>``.
+
+Text files are read as UTF-8 (a byte-order mark is skipped) unless ``encoding`` names another codec;
+``encoding="auto"`` detects it with charset-normalizer. :func:`load_source` returns :class:`Splits`,
+which remembers where every split came from, so a bad row can be named the way the user counts it
+("line 7 of data/train.jsonl", "row 3 of data/train.csv after the header").
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,57 @@ _FOLDER_SPLIT_STEMS: dict[str, str] = {
 }
 
 
+#: ``data.encoding`` value that detects the encoding of each file.
+AUTO_ENCODING = "auto"
+
+
+def check_encoding(name: str) -> str:
+    """Return ``name`` when it is ``auto`` or a text codec Python knows; raise ValueError otherwise."""
+    if name == AUTO_ENCODING:
+        return name
+    try:
+        codec = codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"'{name}' is not a known text encoding; accepted: auto (detect), utf-8, latin-1, "
+                         "cp1252, utf-16, or any other Python codec name") from None
+    if not getattr(codec, "_is_text_encoding", True):
+        raise ValueError(f"'{name}' is not a text encoding; accepted: auto, utf-8, latin-1, cp1252, ...")
+    return name
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a split's rows came from, to name one of its rows as the user counts them."""
+
+    what: str  # "file data/train.csv", "built-in dataset 'rotten_tomatoes'", ...
+    split: str
+    kind: str = "table"  # "jsonl", "json", "csv" or "table" (parquet, saved folders, built-ins)
+    lines: tuple[int, ...] | None = None  # jsonl: the file line of every row (blank lines skipped)
+
+    def row(self, index: int) -> str:
+        """The 0-based row ``index`` in the user's terms, e.g. ``line 7 of file data/train.jsonl``."""
+        if self.kind == "jsonl" and self.lines is not None and index < len(self.lines):
+            return f"line {self.lines[index]} of {self.what}"
+        if self.kind == "csv":
+            return f"row {index + 1} of {self.what} (after the header)"
+        if self.kind == "json":
+            return f"record {index + 1} of {self.what}"
+        return f"row {index + 1} of the {self.split} split of {self.what}"
+
+
+class Splits(dict):
+    """Split name -> :class:`datasets.Dataset`, plus the :class:`Origin` of every split as read."""
+
+    def __init__(self, splits: dict[str, datasets.Dataset], origins: dict[str, Origin]) -> None:
+        super().__init__(splits)
+        self.origins = origins
+
+    def place(self, split: str, index: int) -> str:
+        """Row ``index`` (0-based) of ``split`` as the user counts it."""
+        origin = self.origins.get(split) or Origin(f"the {split} split", split)
+        return origin.row(index)
+
+
 def is_builtin(source: str) -> bool:
     """Return True when ``source`` names a built-in dataset."""
     return str(source) in BUILTIN_DATASETS
@@ -60,29 +118,34 @@ def load_source(
     *,
     validation_file: str | None = None,
     test_file: str | None = None,
-) -> dict[str, datasets.Dataset]:
-    """Load ``source`` as a mapping of split name to dataset.
+    encoding: str = "utf-8",
+) -> Splits:
+    """Load ``source`` as a mapping of split name to dataset (a :class:`Splits`).
 
     ``validation_file`` and ``test_file`` (paths to single files) replace or add the
     ``validation`` and ``test`` splits. Every returned split has at least one row.
     A built-in name wins over a same-named local folder; write ``./name`` to read the folder.
+    ``encoding`` is the text encoding of the files (``auto``: detected per file).
 
     Raises :class:`UserError` for a missing path, an unsupported extension, an unreadable or
     malformed file, or an empty split.
     """
     source = str(source)
+    origins: dict[str, Origin] = {}
     if is_builtin(source):
         splits = dict(get_builtin_dataset(source).load())
         origin = f"built-in dataset '{source}'"
+        origins = {name: Origin(origin, name) for name in splits}
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise _missing_source_error(source, path)
         if path.is_dir():
-            splits = _read_folder(path)
+            splits, origins = _read_folder(path, encoding)
             origin = f"folder {source}"
         else:
-            splits = {"train": read_file(path)}
+            splits, origins = {}, {}
+            splits["train"], origins["train"] = _read_one(path, "train", encoding)
             origin = f"file {source}"
 
     for split, extra in (("validation", validation_file), ("test", test_file)):
@@ -97,7 +160,7 @@ def load_source(
                     f"{split}_file '{extra}' is a folder; give a single "
                     f"{'/'.join(ACCEPTED_EXTENSIONS)} file"
                 )
-            splits[split] = read_file(extra_path)
+            splits[split], origins[split] = _read_one(extra_path, split, encoding)
 
     if "train" not in splits:
         raise UserError(
@@ -106,16 +169,21 @@ def load_source(
     for split, ds in splits.items():
         if len(ds) == 0:
             raise UserError(f"the {split} split of {origin} has no rows")
-    return splits
+    return Splits(splits, origins)
 
 
-def read_file(path: str | os.PathLike[str]) -> datasets.Dataset:
+def read_file(path: str | os.PathLike[str], encoding: str = "utf-8") -> datasets.Dataset:
     """Read one ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file into a dataset.
 
-    Raises :class:`UserError` when the extension is not supported, the file cannot be parsed
-    (naming the parser's reason, with the line number for JSON), or it holds no rows.
+    Raises :class:`UserError` when the extension is not supported, the file is not text in
+    ``encoding`` (``auto``: detected), it cannot be parsed (naming the parser's reason, with the line
+    number for JSON), or it holds no rows.
     """
-    path = Path(path)
+    return _read_one(Path(path), "train", encoding)[0]
+
+
+def _read_one(path: Path, split: str, encoding: str) -> tuple[datasets.Dataset, Origin]:
+    """One file as a dataset, and the :class:`Origin` that names its rows."""
     suffix = path.suffix.lower()
     if suffix not in ACCEPTED_EXTENSIONS:
         raise UserError(
@@ -123,24 +191,67 @@ def read_file(path: str | os.PathLike[str]) -> datasets.Dataset:
             f"accepted: {', '.join(ACCEPTED_EXTENSIONS)}, a folder written by "
             "datasets.save_to_disk, or a built-in dataset name"
         )
+    lines: tuple[int, ...] | None = None
     try:
-        if suffix == ".jsonl":
-            table = _records_to_table(_read_json_lines(path), path)
-        elif suffix == ".json":
-            table = _read_json(path)
-        elif suffix in (".csv", ".tsv"):
-            table = _read_delimited(path, sep="," if suffix == ".csv" else "\t")
+        if suffix == ".parquet":
+            table, kind = _read_parquet(path), "table"
         else:
-            table = _read_parquet(path)
+            text = _read_text(path, encoding)
+            if suffix == ".jsonl":
+                records, numbers = _read_json_lines(text, path)
+                table, kind, lines = _records_to_table(records, path), "jsonl", tuple(numbers)
+            elif suffix == ".json":
+                table, kind, lines = _read_json(text, path)
+            else:
+                table, kind = _read_delimited(text, path, sep="," if suffix == ".csv" else "\t"), "csv"
     except OSError as exc:
         raise UserError(f"cannot read data file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"cannot read data file {path}: not UTF-8 text (byte {exc.start})"
-        ) from exc
     if table.num_rows == 0:
         raise UserError(f"data file {path} has no rows")
-    return datasets.Dataset(InMemoryTable(table))
+    return datasets.Dataset(InMemoryTable(table)), Origin(f"file {path}", split, kind, lines)
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    """The file's text in ``encoding`` (``auto``: detected with charset-normalizer); a UTF-8
+    byte-order mark is dropped. An undecodable file is one :class:`UserError` naming the byte."""
+    raw = path.read_bytes()
+    if encoding == AUTO_ENCODING:
+        encoding = _detect_encoding(raw, path)
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        shown = "UTF-8" if encoding == "utf-8-sig" else encoding
+        raise UserError(
+            f"cannot read data file {path}: not {shown} text (byte 0x{raw[exc.start]:02x} on line {line}); set "
+            f"data.encoding to the file's encoding (e.g. latin-1, cp1252) or data.encoding=auto to detect it"
+        ) from None
+
+
+#: Tie-break of :func:`_detect_encoding`: Western legacy encodings, commonest first.
+_PREFERRED_ON_TIE = ("utf_8", "ascii", "cp1252", "latin_1", "iso8859_15")
+
+
+def _detect_encoding(raw: bytes, path: Path) -> str:
+    """The most likely text encoding of ``raw`` (charset-normalizer), UTF-8 when it is plain ASCII.
+
+    Short Western text often decodes equally well (same chaos and coherence) as several code pages,
+    e.g. cp1250 and cp1252; such a tie goes to the commonest (``_PREFERRED_ON_TIE``), so "très" does
+    not come back as "trčs"."""
+    from charset_normalizer import from_bytes
+
+    if not raw:
+        return "utf-8"
+    matches = list(from_bytes(raw))
+    if not matches:
+        raise UserError(f"cannot read data file {path}: data.encoding=auto found no text encoding that "
+                        "decodes it (is it a binary file?); set data.encoding to its encoding")
+    top = matches[0]
+    tied = {m.encoding for m in matches if (m.chaos, m.coherence) == (top.chaos, top.coherence)}
+    chosen = next((name for name in _PREFERRED_ON_TIE if name in tied), top.encoding)
+    return "utf-8" if chosen in ("ascii", "utf_8") else chosen
 
 
 def _missing_source_error(source: str, path: Path) -> UserError:
@@ -163,10 +274,11 @@ def _missing_source_error(source: str, path: Path) -> UserError:
     )
 
 
-def _read_folder(path: Path) -> dict[str, datasets.Dataset]:
+def _read_folder(path: Path, encoding: str = "utf-8") -> tuple[dict[str, datasets.Dataset], dict[str, Origin]]:
     """Read a ``save_to_disk`` folder or a folder of ``<split>.<ext>`` files."""
     if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        return _read_saved(path)
+        saved = _read_saved(path)
+        return saved, {name: Origin(f"dataset folder {path}", name) for name in saved}
 
     found: dict[str, Path] = {}
     for child in sorted(path.iterdir()):
@@ -191,7 +303,8 @@ def _read_folder(path: Path) -> dict[str, datasets.Dataset]:
             "validation/valid/val/dev and test files), or a folder written by "
             "datasets.save_to_disk"
         )
-    return {split: read_file(file) for split, file in found.items()}
+    read = {split: _read_one(file, split, encoding) for split, file in found.items()}
+    return {split: ds for split, (ds, _) in read.items()}, {split: origin for split, (_, origin) in read.items()}
 
 
 def _read_saved(path: Path) -> dict[str, datasets.Dataset]:
@@ -235,38 +348,41 @@ def _check_saved_not_empty(path: Path) -> None:
         return  # let datasets.load_from_disk report the damage
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    """Parse a JSON-lines file; blank lines are skipped; every line must be a JSON object."""
+def _read_json_lines(text: str, path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Parse JSON lines; blank lines are skipped; every line must be a JSON object. Returns the
+    records and the (1-based) line of each."""
     records: list[dict[str, Any]] = []
-    with path.open("r", encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"malformed JSON in {path} at line {lineno}, column {exc.colno}: {exc.msg}"
-                ) from exc
-            if not isinstance(record, dict):
-                raise UserError(
-                    f"line {lineno} of {path} is a JSON {type(record).__name__}, not an object; "
-                    'each line must look like {"text": ..., "label": ...}'
-                )
-            records.append(record)
-    return records
+    numbers: list[int] = []
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit in a string
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"malformed JSON in {path} at line {lineno}, column {exc.colno}: {exc.msg}"
+            ) from exc
+        if not isinstance(record, dict):
+            raise UserError(
+                f"line {lineno} of {path} is a JSON {type(record).__name__}, not an object; "
+                'each line must look like {"text": ..., "label": ...}'
+            )
+        records.append(record)
+        numbers.append(lineno)
+    return records, numbers
 
 
-def _read_json(path: Path) -> pa.Table:
-    """Parse a ``.json`` file: a list of records, a dict of equal-length columns, or JSON lines."""
-    text = path.read_text(encoding="utf-8-sig")
+def _read_json(text: str, path: Path) -> tuple[pa.Table, str, tuple[int, ...] | None]:
+    """Parse a ``.json`` file: a list of records, a dict of equal-length columns, or JSON lines.
+    Returns the table, how its rows are counted (``json`` records or ``jsonl`` lines) and the lines."""
     if not text.strip():
         raise UserError(f"data file {path} has no rows")
     try:
         content = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and text.lstrip().startswith("{"):
-            return _records_to_table(_read_json_lines(path), path)
+            records, numbers = _read_json_lines(text, path)
+            return _records_to_table(records, path), "jsonl", tuple(numbers)
         raise UserError(
             f"malformed JSON in {path} at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from exc
@@ -276,7 +392,7 @@ def _read_json(path: Path) -> pa.Table:
         if only is not None and all(isinstance(r, dict) for r in only):
             content = only  # e.g. {"data": [{...}, {...}]}
         elif lists and len(lists) == len(content) and len({len(v) for v in lists.values()}) == 1:
-            return _columns_to_table(content, path)
+            return _columns_to_table(content, path), "table", None
         else:
             raise UserError(
                 f"JSON file {path} holds an object; expected a list of records "
@@ -292,7 +408,7 @@ def _read_json(path: Path) -> pa.Table:
                 f"record {index} of {path} is a JSON {type(record).__name__}, not an object; "
                 'expected a list like [{"text": ..., "label": ...}, ...]'
             )
-    return _records_to_table(content, path)
+    return _records_to_table(content, path), "json", None
 
 
 def _records_to_table(records: list[dict[str, Any]], path: Path) -> pa.Table:
@@ -320,12 +436,12 @@ def _columns_to_table(data: dict[str, list[Any]], path: Path) -> pa.Table:
     return pa.table(arrays) if arrays else pa.table({})
 
 
-def _read_delimited(path: Path, *, sep: str) -> pa.Table:
-    """Read a CSV/TSV file with a header row; only empty fields become missing values."""
+def _read_delimited(text: str, path: Path, *, sep: str) -> pa.Table:
+    """Read CSV/TSV text with a header row; only empty fields become missing values."""
+    import io
+
     try:
-        frame = pd.read_csv(
-            path, sep=sep, keep_default_na=False, na_values=[""], encoding="utf-8-sig"
-        )
+        frame = pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as exc:
         raise UserError(f"data file {path} is empty (no header row and no rows)") from exc
     except pd.errors.ParserError as exc:

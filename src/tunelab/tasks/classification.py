@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from tunelab.data.builtin import BUILTIN_DATASETS
-from tunelab.data.columns import drop_missing, require_columns
-from tunelab.data.labels import LabelMap
+from tunelab.data.columns import refuse_or_drop_empty, require_columns
+from tunelab.data.labels import LabelMap, check_label_values
 from tunelab.data.loaders import eval_loader, make_loader
-from tunelab.data.readers import load_source
+from tunelab.data.readers import Splits, load_source
 from tunelab.data.splits import make_splits
 from tunelab.errors import UserError
 from tunelab.models.layers import head_inputs
@@ -85,18 +85,41 @@ def prepare_data(cfg: Any, task: ClassificationTask) -> Prepared:
     builtin = BUILTIN_DATASETS.get(d.source)
     if builtin is not None and builtin.task not in ("classification", "regression"):
         raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}, not {task.name}")
-    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+    read = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file, encoding=d.encoding)
     cols = resolve_columns(cfg)
-    for name, ds in list(splits.items()):
-        require_columns(ds, cols.required(), name)
-        splits[name], _ = drop_missing(ds, [c for c in cols.required().values() if c])
+    splits = checked_splits(read, cols, regression=task.regression, drop_empty=d.drop_empty)
     splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio,
                          seed=d.split_seed, stratify_column=None if task.regression else cols.label)
     if d.max_train_samples:
         splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))
     names = d.label_names or (builtin.label_names if builtin else None)
     labels = task.fit_labels(splits["train"], cols, names)
+    if labels is not None:  # an unknown label is named by its place in the file, not in a carved split
+        context = "training" if names is None or not d.label_names else "data.label_names"
+        for name, ds in read.items():
+            labels.encode(ds.with_format(None)[cols.label], name, context=context, place=read.place)
     return Prepared(splits, cols, labels)
+
+
+def checked_splits(read: Splits, cols: Columns, *, regression: bool, drop_empty: bool) -> dict[str, Dataset]:
+    """The splits as read, after the checks every row must pass before anything trains: the columns
+    exist; every label (or regression target) is present and finite; every text is non-empty, or,
+    with ``data.drop_empty``, rows with an empty text are dropped and counted on stderr. A bad row is
+    named by its place in the file (:meth:`Splits.place`)."""
+    place = read.place
+    splits, dropped = {}, {}
+    for name, ds in read.items():
+        require_columns(ds, cols.required(), name)
+        check_label_values(ds.with_format(None)[cols.label], name, place, cols.label, numeric=regression)
+        splits[name], dropped[name] = refuse_or_drop_empty(ds, [cols.text, cols.text_pair], name, place,
+                                                           drop_empty)
+        if len(splits[name]) == 0:
+            raise UserError(f"every row of the {name} split has an empty text (columns {cols.text}"
+                            f"{', ' + cols.text_pair if cols.text_pair else ''}); nothing is left to train on")
+    if any(dropped.values()):
+        counts = ", ".join(f"{n} {split}" for split, n in dropped.items() if n)
+        print(f"tunelab: dropped {counts} row(s) with an empty text (data.drop_empty)", file=sys.stderr)
+    return splits
 
 
 def padding_collator(tokenizer):
@@ -208,7 +231,14 @@ class ClassificationTask:
     def predict(self, loaded: Any, inputs: Sequence[str] | None, file: str | None) -> list[dict[str, Any]]:
         """Label (or value) predictions for texts, or for the rows of a file with the run's text column."""
         cols = resolve_columns(loaded.cfg)
-        rows = load_source(file)["train"] if file else Dataset.from_dict({cols.text: list(inputs or [])})
+        if file:
+            read = load_source(file, encoding=loaded.cfg.data.encoding)
+            require_columns(read["train"], {"data.text_column": cols.text, "data.text_pair_column": cols.text_pair},
+                            "input")
+            rows, _ = refuse_or_drop_empty(read["train"], [cols.text, cols.text_pair], "train", read.place,
+                                           loaded.cfg.data.drop_empty)
+        else:
+            rows = Dataset.from_dict({cols.text: list(inputs or [])})
         preds = self.predict_rows(loaded, rows)
         return [{**row, **pred} for row, pred in zip(rows, preds)]
 
@@ -282,10 +312,11 @@ class ClassificationTask:
         """Metrics of a trained run on its own split, or on another labelled file/folder."""
         cfg = loaded.cfg
         if data:
-            splits = load_source(data)
-            ds = splits.get(split) or splits.get("test") or splits["train"]
-            prep = Prepared({"eval": ds}, resolve_columns(cfg), loaded.labels)
-            require_columns(ds, prep.columns.required(), "eval")
+            read = load_source(data, encoding=cfg.data.encoding)
+            chosen = split if split in read else "test" if "test" in read else "train"
+            checked = checked_splits(Splits({chosen: read[chosen]}, read.origins), resolve_columns(cfg),
+                                     regression=self.regression, drop_empty=cfg.data.drop_empty)
+            prep = Prepared({"eval": checked[chosen]}, resolve_columns(cfg), loaded.labels)
             name = "eval"
         else:
             prep = prepare_data(cfg, self)

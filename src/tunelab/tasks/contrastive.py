@@ -327,7 +327,7 @@ class ContrastiveTask:
             pairs = ", ".join(n for n, b in BUILTIN_DATASETS.items() if b.task == "pairs")
             raise UserError(f"built-in dataset '{d.source}' is made for task.name={builtin.task}; contrastive "
                             f"learning reads pairs ({pairs}) or labelled rows (rotten_tomatoes)")
-        splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+        splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file, encoding=d.encoding)
         text_col = d.text_column or (builtin.text_column if builtin and builtin.task == "classification" else None)
         label_col = d.label_column or (builtin.label_column if builtin and builtin.task == "classification" else None)
         cols = detect_columns(splits["train"], self.cfg, text_col, label_col)

@@ -36,17 +36,18 @@ def load_pair_splits(cfg: Any, task_name: str) -> tuple[dict[str, list[Preferenc
     return pairs, skipped
 
 
-def limited_splits(cfg: Any, check: Callable[[Any, str], Any]) -> dict[str, Any]:
+def limited_splits(cfg: Any, check: Callable[..., Any]) -> dict[str, Any]:
     """``data.source``'s splits (validation/test carved from train when absent), cut to
-    ``data.max_train_samples`` / ``max_eval_samples``; ``check(dataset, split)`` reads every row
-    first, so a bad row is named by its place in the file, before any splitting."""
+    ``data.max_train_samples`` / ``max_eval_samples``; ``check(dataset, split, where=file)`` reads
+    every row first, so a bad row is named by its file and place in it, before any splitting."""
     from tunelab.data.readers import load_source
     from tunelab.data.splits import make_splits
 
     d = cfg.data
-    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+    splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file, encoding=d.encoding)
     for name, ds in splits.items():
-        check(ds, name)
+        origin = splits.origins.get(name)
+        check(ds, name, where=origin.what if origin else None)
     splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio, seed=d.split_seed)
     if d.max_train_samples:
         splits["train"] = splits["train"].select(range(min(d.max_train_samples, len(splits["train"]))))

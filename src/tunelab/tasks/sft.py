@@ -187,7 +187,7 @@ class SFTTask:
         d = cfg.data
         ensure_pad_token(tokenizer)
         template = Template.resolve(self.cfg.template, tokenizer)
-        splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file)
+        splits = load_source(d.source, validation_file=d.validation_file, test_file=d.test_file, encoding=d.encoding)
         self.read_conversations(splits, d.text_column or "text")  # bad rows named by their place in the file
         splits = make_splits(splits, validation_ratio=d.validation_ratio, test_ratio=d.test_ratio,
                              seed=d.split_seed)
@@ -260,10 +260,11 @@ class SFTTask:
         """Rows of every split as conversations, in the configured (or detected) format."""
         first = next(iter(splits.values()))
         fmt = self.cfg.format if self.cfg.format != "auto" else detect_format(first.column_names, text_column)
+        place = getattr(splits, "place", lambda split, i: f"{split} row {i + 1}")  # as read: file and line
         out: dict[str, list[Conversation]] = {}
         for split, ds in splits.items():
             required_columns(fmt, ds.column_names, text_column)
-            out[split] = [to_conversation(row, fmt, f"{split} row {i}", text_column, self.cfg.system_prompt)
+            out[split] = [to_conversation(row, fmt, place(split, i), text_column, self.cfg.system_prompt)
                           for i, row in enumerate(ds)]
         return fmt, out
 

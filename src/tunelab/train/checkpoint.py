@@ -9,6 +9,8 @@ Python and NumPy RNG states). It is written to a temporary folder and renamed in
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
@@ -19,10 +21,47 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.errors import UserError
+
 WEIGHTS = "trainable.safetensors"
+DIGEST_KEY = "tunelab_sha256"
+"""safetensors metadata key: SHA-256 of the tensors (names, dtypes, shapes, bytes), checked on load."""
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors`` save with the tensors' digest in the metadata (see :func:`load_tensors`)."""
+    save_file(tensors, str(path), metadata={**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)})
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a truncated, overwritten or altered file (its digest, when it has one,
+    no longer matches) is one :class:`UserError` naming the file."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            expected = (handle.metadata() or {}).get(DIGEST_KEY)
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {path}: the file is damaged or truncated ({reason}); restore it or "
+                        "train again") from None
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise UserError(f"{path} is damaged: its tensors no longer match the checksum written with them; "
+                        "restore it or train again")
+    return tensors
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -107,20 +146,49 @@ def write_atomic_text(path: Path, text: str) -> None:
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep: int) -> Path:
     """Write ``root/step-N`` atomically, point ``root/latest`` at it, prune old ones."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_tensors(trainable_state(model), tmp / WEIGHTS)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_tensors({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(_write_failure(f"checkpoint {final.name}", root, exc,
+                                                  latest_checkpoint(root))) from None
+    previous = latest_checkpoint(root)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    write_atomic_text(root / "latest", final.name)
+    try:
+        write_atomic_text(root / "latest", final.name)
+    except OSError as exc:  # the pointer still names the previous checkpoint, which is complete
+        raise CheckpointWriteError(_write_failure(f"the pointer to {final.name}", root, exc, previous)) from None
     _prune(root, keep, final.name)
     return final
+
+
+def remove_partial(root: Path) -> int:
+    """Delete checkpoint folders a killed process left half-written (``.tmp-step-*``); return how many."""
+    partial = sorted(root.glob(".tmp-step-*")) if root.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(partial)
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint (or best-weights) write failed, e.g. a full disk; what was there before is intact."""
+
+
+def _write_failure(what: str, where: Path, exc: OSError, previous: Path | None) -> str:
+    """One line: what could not be written, why, and what is still there to resume from."""
+    reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    kept = (f"the previous checkpoint {previous} is intact; free space and continue with "
+            f"`tunelab train --resume {where.parent}`") if previous else "no earlier checkpoint exists"
+    return f"could not write {what} in {where}: {reason}; the partial write was removed and {kept}"
 
 
 def _prune(root: Path, keep: int, latest: str) -> None:
@@ -143,23 +211,44 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore weights and optimizer; return the saved loop state and a function that restores
     the RNG states. The caller runs it *after* creating the resumed data iterator, because making
     an iterator may draw from the global RNG and would otherwise shift every later dropout mask."""
-    load_trainable(model, load_file(str(path / WEIGHTS)))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    state = json.loads((path / "state.json").read_text())
-    rng, torch_rng = state.pop("rng"), load_file(str(path / "rng.safetensors"))["torch"]
+    load_trainable(model, load_tensors(path / WEIGHTS))
+    try:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, RuntimeError, ValueError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot resume from checkpoint {path}: a file in it is damaged ({reason}); delete "
+                        "that folder to resume from the one before") from None
+    rng, torch_rng = state.pop("rng"), load_tensors(path / "rng.safetensors")["torch"]
     return state, lambda: set_rng_state(rng, torch_rng)
 
 
 def save_weights_atomic(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Replace ``folder`` (e.g. ``best/``) with the current trainable weights, atomically."""
     tmp = folder.with_name("." + folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    (tmp / "meta.json").write_text(json.dumps(meta))
+    recover_atomic(folder)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_tensors(trainable_state(model), tmp / WEIGHTS)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the earlier {folder.name}/ is intact" if folder.exists() else f"no earlier {folder.name}/ exists"
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CheckpointWriteError(f"could not write {folder}: {reason}; the partial write was removed and "
+                                   f"{kept}") from None
     old = folder.with_name("." + folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
-    os.replace(tmp, folder)
+    os.replace(tmp, folder)  # a kill between the two renames leaves .old: recover_atomic puts it back
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_atomic(folder: Path) -> None:
+    """Undo a :func:`save_weights_atomic` killed between its two renames: ``folder`` is gone and
+    ``.folder.old`` holds the last complete one, so it goes back in place."""
+    old = folder.with_name("." + folder.name + ".old")
+    if not folder.exists() and (old / WEIGHTS).is_file():
+        os.replace(old, folder)

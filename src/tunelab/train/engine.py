@@ -123,6 +123,10 @@ class Trainer:
     # ------------------------------------------------------------------ resume
     def _resume(self) -> LoopState:
         self._restore_rng: Callable[[], None] | None = None
+        if self.acc.is_main_process:  # what a kill -9 may have left: half-written folders, best/ mid-swap
+            ckpt.remove_partial(self.ckpt_dir)
+            ckpt.recover_atomic(self.best_dir)
+        self.acc.wait_for_everyone()
         path = ckpt.latest_checkpoint(self.ckpt_dir)
         if path is None:
             return LoopState()
@@ -320,12 +324,11 @@ class Trainer:
 
     def restore_best(self) -> bool:
         """Load the best validation weights into the model (if any were kept)."""
+        ckpt.recover_atomic(self.best_dir)
         path = self.best_dir / ckpt.WEIGHTS
         if not (self.cfg.keep_best and path.is_file()):
             return False
-        from safetensors.torch import load_file
-
-        ckpt.load_trainable(self.acc.unwrap_model(self.model), load_file(str(path)))
+        ckpt.load_trainable(self.acc.unwrap_model(self.model), ckpt.load_tensors(path))
         return True
 
 
