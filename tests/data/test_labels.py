@@ -117,3 +117,27 @@ def test_from_dict_rejects_gaps_and_mismatch() -> None:
 def test_decode_out_of_range() -> None:
     with pytest.raises(ValueError):
         LabelMap(["a", "b"]).decode([2])
+
+
+@pytest.mark.parametrize("value,numeric,shown", [
+    (None, False, "is missing"), ("  ", False, "is empty"), (float("nan"), False, "missing (NaN)"),
+    (float("inf"), False, "is inf"), (None, True, "is missing"), ("NaN", True, "'NaN' (not a number)"),
+    ("-inf", True, "'-inf'"), (float("-inf"), True, "is -inf"), ("lots", True, "'lots' (str)"),
+    (True, True, "True (a boolean)"),
+])
+def test_check_label_values_names_the_row_column_and_value(value, numeric, shown) -> None:
+    from tunelab.data.labels import check_label_values
+
+    values = [1, 0, value, 1]
+    with pytest.raises(UserError) as err:
+        check_label_values(values, "train", lambda split, row: f"line {row + 1} of f.jsonl", "score", numeric=numeric)
+    assert str(err.value).startswith("line 3 of f.jsonl: the ") and "(column 'score')" in str(err.value)
+    assert shown in str(err.value), str(err.value)
+
+
+def test_check_label_values_accepts_good_values() -> None:
+    from tunelab.data.labels import check_label_values
+
+    place = lambda split, row: "?"  # noqa: E731
+    check_label_values(["pos", "neg", "inf", 3, 2.5], "train", place, "label", numeric=False)  # "inf" is a name
+    check_label_values([1, 2.5, "3.5", -0.0], "train", place, "label", numeric=True)

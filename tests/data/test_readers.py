@@ -253,3 +253,64 @@ def test_load_builtin_through_load_source() -> None:
     splits = load_source("rotten_tomatoes")
     assert list(splits) == ["train"]
     assert len(splits["train"]) == 4866
+
+
+# ---------------------------------------------------------------------------- encodings
+
+WESTERN = "café crème, très bon\u2019s"  # é, è (latin-1 and cp1252) and a cp1252-only quote
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp1252", "utf-16"])
+def test_named_encodings_are_decoded(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(f"text,label\n\"{WESTERN}\",1\nplain,0\n".encode(encoding))
+    ds = read_file(path, encoding="utf-8" if encoding == "utf-8-sig" else encoding)  # a BOM is skipped
+    assert ds["text"][:] == [WESTERN, "plain"] and ds.column_names == ["text", "label"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252", "utf-16"])
+def test_auto_detects_the_encoding(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "rows.jsonl"
+    lines = [{"text": f"{WESTERN} number {i}", "label": i % 2} for i in range(20)]
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines).encode(encoding))
+    assert read_file(path, encoding="auto")["text"][:] == [r["text"] for r in lines]
+
+
+def test_undecodable_bytes_name_the_line_and_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\nfine,1\ncaf\xe9,0\n".encode("latin-1"))
+    with pytest.raises(UserError) as err:
+        read_file(path)
+    message = str(err.value)
+    assert "not UTF-8 text (byte 0xe9 on line 3)" in message and "data.encoding" in message and "auto" in message
+    with pytest.raises(UserError, match="not cp1252 text"):
+        path.write_bytes(b"text,label\nx\x81y,1\n")  # 0x81 is undefined in cp1252
+        read_file(path, encoding="cp1252")
+
+
+def test_check_encoding_accepts_codecs_and_auto() -> None:
+    from tunelab.data.readers import check_encoding
+
+    assert check_encoding("auto") == "auto" and check_encoding("Latin-1") == "Latin-1"
+    with pytest.raises(ValueError, match="not a known text encoding"):
+        check_encoding("klingon")
+    with pytest.raises(ValueError, match="not a text encoding"):
+        check_encoding("rot13")
+
+
+# ---------------------------------------------------------------------------- where a row came from
+
+def test_places_count_rows_as_the_user_does(tmp_path: Path) -> None:
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 0}\n')  # a blank line 2
+    csv = tmp_path / "b.csv"
+    csv.write_text("text,label\na,1\nb,0\n")
+    records = tmp_path / "c.json"
+    records.write_text(json.dumps(ROWS))
+    assert load_source(str(jsonl)).place("train", 1) == f"line 3 of file {jsonl}"
+    assert load_source(str(csv)).place("train", 1) == f"row 2 of file {csv} (after the header)"
+    assert load_source(str(records)).place("train", 0) == f"record 1 of file {records}"
+    both = load_source(str(csv), validation_file=str(jsonl))
+    assert both.place("validation", 0) == f"line 1 of file {jsonl}"
+    assert load_source("rotten_tomatoes").place("train", 4) == "row 5 of the train split of built-in dataset " \
+                                                               "'rotten_tomatoes'"
